@@ -1,0 +1,65 @@
+// Domain errors and their one mapping to Connect codes. Services throw DomainError (or a
+// subclass helper below); the server's error interceptor turns anything else into a
+// generic INTERNAL so no stack trace or SQL text ever reaches a client.
+import { Code, ConnectError } from "@connectrpc/connect";
+import { create } from "@bufbuild/protobuf";
+import { ErrorDetailSchema } from "../gen/paygate/common/v1/common_pb.js";
+
+export type ErrorKind =
+  | "invalid_argument"
+  | "not_found"
+  | "failed_precondition"
+  | "already_exists"
+  | "aborted"
+  | "unavailable"
+  | "deadline_exceeded"
+  | "permission_denied"
+  | "unauthenticated"
+  | "resource_exhausted";
+
+const codeOf: Record<ErrorKind, Code> = {
+  invalid_argument: Code.InvalidArgument,
+  not_found: Code.NotFound,
+  failed_precondition: Code.FailedPrecondition,
+  already_exists: Code.AlreadyExists,
+  aborted: Code.Aborted,
+  unavailable: Code.Unavailable,
+  deadline_exceeded: Code.DeadlineExceeded,
+  permission_denied: Code.PermissionDenied,
+  unauthenticated: Code.Unauthenticated,
+  resource_exhausted: Code.ResourceExhausted,
+};
+
+export class DomainError extends Error {
+  constructor(
+    readonly kind: ErrorKind,
+    /** Stable machine-readable reason, e.g. UNKNOWN_CURRENCY. */
+    readonly reason: string,
+    message: string,
+    /** Request field at fault, e.g. "amount.currency". */
+    readonly field = "",
+    readonly metadata: Record<string, string> = {},
+  ) {
+    super(message);
+    this.name = "DomainError";
+  }
+
+  /** Same error, blamed on another field path (used when a helper validates a nested value). */
+  at(field: string): DomainError {
+    return new DomainError(this.kind, this.reason, this.message.replace(this.field || "\0", field), field, this.metadata);
+  }
+}
+
+export const invalidArgument = (reason: string, field: string, message: string, metadata: Record<string, string> = {}) =>
+  new DomainError("invalid_argument", reason, message, field, metadata);
+
+export const notFound = (reason: string, message: string, field = "") => new DomainError("not_found", reason, message, field);
+
+export const failedPrecondition = (reason: string, message: string, field = "", metadata: Record<string, string> = {}) =>
+  new DomainError("failed_precondition", reason, message, field, metadata);
+
+/** The Connect error a client sees for a domain error, with a typed ErrorDetail attached. */
+export function toConnectError(err: DomainError): ConnectError {
+  const detail = create(ErrorDetailSchema, { reason: err.reason, field: err.field, metadata: err.metadata });
+  return new ConnectError(err.message, codeOf[err.kind], undefined, [{ desc: ErrorDetailSchema, value: detail }]);
+}
