@@ -43,11 +43,6 @@ export class DomainError extends Error {
     super(message);
     this.name = "DomainError";
   }
-
-  /** Same error, blamed on another field path (used when a helper validates a nested value). */
-  at(field: string): DomainError {
-    return new DomainError(this.kind, this.reason, this.message.replace(this.field || "\0", field), field, this.metadata);
-  }
 }
 
 export const invalidArgument = (reason: string, field: string, message: string, metadata: Record<string, string> = {}) =>
