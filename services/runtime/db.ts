@@ -1,0 +1,97 @@
+// One SQL dialect, two backends: real PostgreSQL through `pg` when DATABASE_URL is set,
+// embedded PGlite (Postgres compiled to WebAssembly) otherwise. Each service keeps its
+// tables in a schema of its own name, so services can share one PostgreSQL database and
+// still never touch each other's tables.
+import { mkdirSync } from "node:fs";
+import path from "node:path";
+import { PGlite } from "@electric-sql/pglite";
+import pg from "pg";
+
+export interface Queryable {
+  query<T = Record<string, unknown>>(sql: string, params?: unknown[]): Promise<{ rows: T[]; rowCount: number }>;
+  /** Runs a script of several statements (no parameters), e.g. a migration. */
+  exec(sql: string): Promise<void>;
+}
+
+export interface Database extends Queryable {
+  readonly backend: "postgres" | "pglite";
+  /** Runs `fn` in one transaction: committed if it returns, rolled back if it throws. */
+  transaction<T>(fn: (tx: Queryable) => Promise<T>): Promise<T>;
+  close(): Promise<void>;
+}
+
+export interface DatabaseOptions {
+  /** PostgreSQL URL; embedded PGlite when undefined. */
+  url?: string | undefined;
+  /** Folder under which PGlite keeps `<schema>/` (survives restarts). */
+  dataDir: string;
+  /** The service's schema, e.g. "fx". */
+  schema: string;
+  /** Pool size for PostgreSQL. */
+  poolSize?: number;
+}
+
+const INT8_OID = 20;
+
+export async function openDatabase(opts: DatabaseOptions): Promise<Database> {
+  if (!/^[a-z_][a-z0-9_]*$/.test(opts.schema)) throw new Error(`invalid schema name ${opts.schema}`);
+  return opts.url ? openPostgres(opts.url, opts.schema, opts.poolSize ?? 10) : openPglite(opts.dataDir, opts.schema);
+}
+
+async function openPostgres(url: string, schema: string, max: number): Promise<Database> {
+  // int8 comes back as bigint on both backends: money is never a JS number.
+  const types = { getTypeParser: (oid: number, format?: "text" | "binary") => (oid === INT8_OID ? BigInt : pg.types.getTypeParser(oid, format)) } as pg.CustomTypesConfig;
+  const admin = new pg.Client({ connectionString: url });
+  await admin.connect();
+  try {
+    await admin.query(`CREATE SCHEMA IF NOT EXISTS ${schema}`);
+  } finally {
+    await admin.end();
+  }
+  const pool = new pg.Pool({ connectionString: url, max, types, options: `-c search_path=${schema}` });
+  // An idle client that dies (e.g. Postgres restarted) must not crash the process.
+  pool.on("error", () => {});
+  const query = async <T>(client: pg.Pool | pg.PoolClient, sql: string, params?: unknown[]) => {
+    const r = await client.query(sql, params as unknown[]);
+    return { rows: r.rows as T[], rowCount: r.rowCount ?? 0 };
+  };
+  return {
+    backend: "postgres",
+    query: (sql, params) => query(pool, sql, params),
+    exec: async (sql) => void (await pool.query(sql)),
+    async transaction(fn) {
+      const client = await pool.connect();
+      try {
+        await client.query("BEGIN");
+        const result = await fn({ query: (sql, params) => query(client, sql, params), exec: async (sql) => void (await client.query(sql)) });
+        await client.query("COMMIT");
+        return result;
+      } catch (err) {
+        await client.query("ROLLBACK").catch(() => {});
+        throw err;
+      } finally {
+        client.release();
+      }
+    },
+    close: () => pool.end(),
+  };
+}
+
+async function openPglite(dataDir: string, schema: string): Promise<Database> {
+  const dir = path.resolve(dataDir, schema);
+  mkdirSync(dir, { recursive: true });
+  const db = await PGlite.create(dir);
+  await db.exec(`CREATE SCHEMA IF NOT EXISTS ${schema}; SET search_path TO ${schema}`);
+  const query = async <T>(q: Pick<PGlite, "query">, sql: string, params?: unknown[]) => {
+    const r = await q.query<T>(sql, params);
+    return { rows: r.rows, rowCount: r.affectedRows ?? r.rows.length };
+  };
+  return {
+    backend: "pglite",
+    query: (sql, params) => query(db, sql, params),
+    exec: async (sql) => void (await db.exec(sql)),
+    // PGlite is one connection: its transaction() also serialises concurrent callers.
+    transaction: (fn) => db.transaction((tx) => fn({ query: (sql, params) => query(tx, sql, params), exec: async (sql) => void (await tx.exec(sql)) })),
+    close: () => db.close(),
+  };
+}

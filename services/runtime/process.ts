@@ -1,0 +1,29 @@
+// Process entry for a service: start it, stop it gracefully on SIGTERM/SIGINT, and turn a
+// configuration error into one clear message and exit code 2 instead of a stack trace.
+import { ConfigError } from "./config.js";
+import type { RunningServer } from "./server.js";
+
+export async function runMain(start: () => Promise<RunningServer>): Promise<void> {
+  let server: RunningServer;
+  try {
+    server = await start();
+  } catch (err) {
+    if (err instanceof ConfigError) {
+      process.stderr.write(`${err.message}\n`);
+      process.exit(2);
+    }
+    process.stderr.write(`failed to start: ${err instanceof Error ? err.stack : String(err)}\n`);
+    process.exit(1);
+  }
+  const stop = () => {
+    server.shutdown().then(
+      () => process.exit(0),
+      (err: unknown) => {
+        process.stderr.write(`shutdown failed: ${String(err)}\n`);
+        process.exit(1);
+      },
+    );
+  };
+  process.once("SIGTERM", stop);
+  process.once("SIGINT", stop);
+}

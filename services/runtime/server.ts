@@ -1,0 +1,217 @@
+// The one server every Paygate service runs on.
+//
+// One cleartext port speaks gRPC (HTTP/2 h2c), gRPC-Web and Connect (JSON or binary, over
+// HTTP/1.1 or HTTP/2). Node's http2 server does not serve HTTP/1.1 without TLS, so a small
+// TCP router reads the first bytes of each connection: the HTTP/2 client preface goes to the
+// http2 server, anything else to the http1 server; both run the same Connect handler.
+// Beside it an admin port serves /healthz (liveness) and /readyz (readiness).
+import http from "node:http";
+import http2 from "node:http2";
+import net from "node:net";
+import type { AddressInfo } from "node:net";
+import { Code, ConnectError, type ConnectRouter, type Interceptor } from "@connectrpc/connect";
+import { connectNodeAdapter } from "@connectrpc/connect-node";
+import type { DescService } from "@bufbuild/protobuf";
+import { HealthStatus, registerHealth } from "./health.js";
+import { registerReflection } from "./reflection.js";
+import { errorMapping, refuseWhileDraining } from "./interceptors.js";
+import { HealthCheckResponse_ServingStatus as ServingStatus } from "../gen/health/v1/health_pb.js";
+import type { Logger } from "./logger.js";
+
+const HTTP2_PREFACE = Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+
+export interface ReadinessCheck {
+  name: string;
+  /** Resolves when the dependency is usable; rejects (with a short reason) when not. */
+  check: () => Promise<void>;
+}
+
+export interface ServiceSpec {
+  /** Short name, e.g. "fx": used in logs. */
+  name: string;
+  /** The Paygate services this process serves (health and reflection are added). */
+  services: DescService[];
+  /** Registers the implementations. `draining` aborts when shutdown begins: long streams end on it. */
+  routes: (router: ConnectRouter, draining: AbortSignal) => void;
+  /** What /readyz checks besides "not draining". */
+  readiness?: ReadinessCheck[];
+  /** Extra admin routes (e.g. /metrics), path -> handler. */
+  adminRoutes?: Record<string, http.RequestListener>;
+  /** Interceptors run after the built-in ones. */
+  interceptors?: Interceptor[];
+  /** Releases the service's own resources (database, timers) after the servers close. */
+  close?: () => Promise<void>;
+}
+
+export interface ServerOptions {
+  host: string;
+  port: number;
+  adminPort: number;
+  maxRequestBytes: number;
+  shutdownTimeoutMs: number;
+  drainDelayMs: number;
+  logger: Logger;
+}
+
+export interface RunningServer {
+  /** Base URL of the RPC port, e.g. http://127.0.0.1:9092 */
+  url: string;
+  adminUrl: string;
+  health: HealthStatus;
+  /** Graceful stop: NOT_SERVING, refuse new work, let in-flight calls finish (bounded), close. */
+  shutdown(): Promise<void>;
+}
+
+export async function startServer(spec: ServiceSpec, opts: ServerOptions): Promise<RunningServer> {
+  const { logger } = opts;
+  const draining = new AbortController();
+  // Aborted only when in-flight calls overrun the shutdown bound: cuts them off.
+  const hardStop = new AbortController();
+  const health = new HealthStatus();
+
+  const handler = connectNodeAdapter({
+    routes: (router) => {
+      spec.routes(router, draining.signal);
+      registerHealth(router, health, { stopWatches: draining.signal });
+      registerReflection(router, spec.services);
+    },
+    interceptors: [errorMapping(logger), refuseWhileDraining(draining.signal), ...(spec.interceptors ?? [])],
+    readMaxBytes: opts.maxRequestBytes,
+    shutdownSignal: hardStop.signal,
+    // A typo in a payment request should fail loudly, not be dropped.
+    jsonOptions: { ignoreUnknownFields: false },
+  });
+
+  let inFlight = 0;
+  let idle: (() => void) | undefined;
+  const tracked: http.RequestListener = (req, res) => {
+    inFlight++;
+    res.once("close", () => {
+      if (--inFlight === 0) idle?.();
+    });
+    if (draining.signal.aborted) res.setHeader("Connection", "close");
+    handler(req, res);
+  };
+
+  const h1 = http.createServer(tracked);
+  const h2 = http2.createServer({}, tracked as unknown as (req: http2.Http2ServerRequest, res: http2.Http2ServerResponse) => void);
+  const sessions = new Set<http2.ServerHttp2Session>();
+  h2.on("session", (s) => {
+    sessions.add(s);
+    s.once("close", () => sessions.delete(s));
+  });
+  const sockets = new Set<net.Socket>();
+  const tcp = net.createServer((socket) => {
+    sockets.add(socket);
+    socket.once("close", () => sockets.delete(socket));
+    socket.once("data", (first) => {
+      socket.pause();
+      const n = Math.min(first.length, HTTP2_PREFACE.length);
+      if (first.subarray(0, n).equals(HTTP2_PREFACE.subarray(0, n))) {
+        // The http2 session drains bytes already buffered on the socket when it starts.
+        socket.unshift(first);
+        h2.emit("connection", socket);
+      } else {
+        // The http1 parser reads the socket natively and would miss buffered bytes: hand it
+        // the first chunk as a data event once it listens.
+        h1.emit("connection", socket);
+        socket.emit("data", first);
+        socket.resume();
+      }
+    });
+  });
+  await listen(tcp, opts.port, opts.host);
+  for (const s of spec.services) health.set(s.typeName, ServingStatus.SERVING);
+  health.set("", ServingStatus.SERVING);
+
+  const admin = http.createServer(adminHandler(spec, draining.signal, logger));
+  await listen(admin, opts.adminPort, opts.host);
+
+  const url = `http://${hostForUrl(tcp)}`;
+  const adminUrl = `http://${hostForUrl(admin)}`;
+  logger.info({ url, adminUrl }, `${spec.name} listening`);
+
+  let stopping: Promise<void> | undefined;
+  const shutdown = () =>
+    (stopping ??= (async () => {
+      logger.info({ inFlight }, "shutting down: draining");
+      health.setAll(ServingStatus.NOT_SERVING);
+      draining.abort();
+      if (opts.drainDelayMs > 0) await sleep(opts.drainDelayMs);
+      tcp.close();
+      for (const s of sessions) s.close(); // GOAWAY: running streams finish, no new ones
+      h1.closeIdleConnections();
+      const finished = inFlight === 0 || (await new Promise<boolean>((resolve) => {
+        const timer = setTimeout(() => resolve(false), opts.shutdownTimeoutMs);
+        idle = () => {
+          clearTimeout(timer);
+          resolve(true);
+        };
+      }));
+      if (!finished) {
+        logger.warn({ inFlight }, "shutdown bound reached: cutting off in-flight calls");
+        hardStop.abort(new ConnectError("server is shutting down", Code.Unavailable));
+        await sleep(100);
+      }
+      for (const s of sockets) s.destroy();
+      await new Promise<void>((r) => admin.close(() => r()));
+      admin.closeAllConnections();
+      await spec.close?.();
+      logger.info("stopped");
+    })());
+
+  return { url, adminUrl, health, shutdown };
+}
+
+function adminHandler(spec: ServiceSpec, draining: AbortSignal, logger: Logger): http.RequestListener {
+  const json = (res: http.ServerResponse, status: number, body: unknown) => {
+    res.writeHead(status, { "content-type": "application/json" });
+    res.end(JSON.stringify(body));
+  };
+  return (req, res) => {
+    const path = (req.url ?? "/").split("?")[0] ?? "/";
+    if (path === "/healthz") return json(res, 200, { status: "ok" });
+    if (path === "/readyz") {
+      void readiness(spec.readiness ?? [], draining).then(({ ready, checks }) => {
+        if (!ready) logger.debug({ checks }, "not ready");
+        json(res, ready ? 200 : 503, { status: ready ? "ready" : "not ready", checks });
+      });
+      return;
+    }
+    const extra = spec.adminRoutes?.[path];
+    if (extra) return extra(req, res);
+    json(res, 404, { error: `no route ${path}` });
+  };
+}
+
+async function readiness(checks: ReadinessCheck[], draining: AbortSignal) {
+  const results: Record<string, string> = { server: draining.aborted ? "draining" : "ok" };
+  await Promise.all(
+    checks.map(async (c) => {
+      try {
+        await c.check();
+        results[c.name] = "ok";
+      } catch (err) {
+        results[c.name] = err instanceof Error ? err.message : String(err);
+      }
+    }),
+  );
+  return { ready: Object.values(results).every((v) => v === "ok"), checks: results };
+}
+
+function listen(server: net.Server, port: number, host: string): Promise<void> {
+  return new Promise((resolve, reject) => {
+    server.once("error", reject);
+    server.listen(port, host, () => {
+      server.off("error", reject);
+      resolve();
+    });
+  });
+}
+
+function hostForUrl(server: net.Server): string {
+  const a = server.address() as AddressInfo;
+  return a.family === "IPv6" ? `[${a.address}]:${a.port}` : `${a.address}:${a.port}`;
+}
+
+const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));

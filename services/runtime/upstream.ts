@@ -1,0 +1,36 @@
+// Calls to other Paygate services: one transport per upstream (one HTTP/2 session, reused),
+// the binary gRPC protocol on the wire, and the caller's deadline carried downstream.
+import { createClient, type CallOptions, type Client, type HandlerContext, type Transport } from "@connectrpc/connect";
+import { createGrpcTransport } from "@connectrpc/connect-node";
+import type { DescService } from "@bufbuild/protobuf";
+import { Health, HealthCheckResponse_ServingStatus as ServingStatus } from "../gen/health/v1/health_pb.js";
+import type { ReadinessCheck } from "./server.js";
+
+export function upstreamTransport(baseUrl: string): Transport {
+  return createGrpcTransport({ baseUrl });
+}
+
+export function upstreamClient<S extends DescService>(service: S, transport: Transport): Client<S> {
+  return createClient(service, transport);
+}
+
+/**
+ * Options for a downstream call made while serving `ctx`: it is cancelled when the caller's
+ * call is, and gets the caller's remaining time (or `defaultTimeoutMs` when it has none).
+ */
+export function downstream(ctx: HandlerContext | undefined, defaultTimeoutMs: number): CallOptions {
+  const remaining = ctx?.timeoutMs();
+  return { signal: ctx?.signal, timeoutMs: remaining === undefined ? defaultTimeoutMs : Math.max(1, remaining) };
+}
+
+/** Readiness of an upstream: its gRPC health check answers SERVING within a second. */
+export function upstreamReady(name: string, transport: Transport, service = ""): ReadinessCheck {
+  const health = createClient(Health, transport);
+  return {
+    name,
+    check: async () => {
+      const res = await health.check({ service }, { timeoutMs: 1000 });
+      if (res.status !== ServingStatus.SERVING) throw new Error(ServingStatus[res.status]);
+    },
+  };
+}
