@@ -7,7 +7,8 @@ export class ConfigError extends Error {
   override name = "ConfigError";
 }
 
-const port = z.coerce.number().int().min(1).max(65535);
+// 0 asks the OS for a free port (tests run many servers side by side).
+const port = z.coerce.number().int().min(0).max(65535);
 const positiveMs = z.coerce.number().int().min(0).max(3_600_000);
 
 /** Variables every Paygate service reads. */
@@ -16,7 +17,7 @@ export const runtimeEnv = {
   LOG_LEVEL: z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"]).default("info"),
   /** PostgreSQL connection string; when unset the service runs on embedded PGlite. */
   DATABASE_URL: z.string().url().optional(),
-  /** Folder for the embedded database (PGlite); one sub-folder per service. */
+  /** Folder for the embedded database (PGlite), one sub-folder per service; "memory://" keeps it in memory. */
   DATA_DIR: z.string().min(1).default(".data"),
   /** Largest accepted request message, in bytes. */
   MAX_REQUEST_BYTES: z.coerce.number().int().min(1024).max(64 * 1024 * 1024).default(1024 * 1024),

@@ -32,6 +32,8 @@ export interface DatabaseOptions {
 }
 
 const INT8_OID = 20;
+/** DATA_DIR value that keeps an embedded database in memory only. */
+export const IN_MEMORY = "memory://";
 
 export async function openDatabase(opts: DatabaseOptions): Promise<Database> {
   if (!/^[a-z_][a-z0-9_]*$/.test(opts.schema)) throw new Error(`invalid schema name ${opts.schema}`);
@@ -78,9 +80,12 @@ async function openPostgres(url: string, schema: string, max: number): Promise<D
 }
 
 async function openPglite(dataDir: string, schema: string): Promise<Database> {
-  const dir = path.resolve(dataDir, schema);
-  mkdirSync(dir, { recursive: true });
-  const db = await PGlite.create(dir);
+  let location = dataDir;
+  if (dataDir !== IN_MEMORY) {
+    location = path.resolve(dataDir, schema);
+    mkdirSync(location, { recursive: true });
+  }
+  const db = await PGlite.create(location);
   await db.exec(`CREATE SCHEMA IF NOT EXISTS ${schema}; SET search_path TO ${schema}`);
   const query = async <T>(q: Pick<PGlite, "query">, sql: string, params?: unknown[]) => {
     const r = await q.query<T>(sql, params);
