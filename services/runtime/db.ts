@@ -85,7 +85,8 @@ async function openPglite(dataDir: string, schema: string): Promise<Database> {
     location = path.resolve(dataDir, schema);
     mkdirSync(location, { recursive: true });
   }
-  const db = await PGlite.create(location);
+  // PGlite's own int8 parser gives a JS number when the value is small: always bigint here.
+  const db = await PGlite.create(location, { parsers: { [INT8_OID]: (text: string) => BigInt(text) } });
   await db.exec(`CREATE SCHEMA IF NOT EXISTS ${schema}; SET search_path TO ${schema}`);
   const query = async <T>(q: Pick<PGlite, "query">, sql: string, params?: unknown[]) => {
     const r = await q.query<T>(sql, params);
