@@ -1,0 +1,96 @@
+// `npm start`: runs every Paygate service on this machine, each as its own process on its
+// usual ports, with embedded databases under .data/ (or DATABASE_URL when set). Prints the
+// endpoints and example calls once all are ready; Ctrl-C stops them all gracefully.
+import { spawn, type ChildProcess } from "node:child_process";
+import { createInterface } from "node:readline";
+import { setTimeout as sleep } from "node:timers/promises";
+
+interface ServiceProcess {
+  name: string;
+  entry: string;
+  rpcPort: number;
+  adminPort: number;
+}
+
+// In dependency order: a service starts after the ones it calls.
+const services: ServiceProcess[] = [
+  { name: "fx", entry: "services/fx/main.ts", rpcPort: 9092, adminPort: 9102 },
+  { name: "risk", entry: "services/risk/main.ts", rpcPort: 9094, adminPort: 9104 },
+];
+
+const children = new Map<string, ChildProcess>();
+let stopping = false;
+
+function start(svc: ServiceProcess): ChildProcess {
+  const child = spawn(process.execPath, ["--import", "tsx", svc.entry], { env: process.env, stdio: ["ignore", "pipe", "pipe"] });
+  for (const stream of [child.stdout, child.stderr]) {
+    createInterface({ input: stream }).on("line", (line) => process.stdout.write(`${svc.name.padEnd(5)}| ${line}\n`));
+  }
+  child.on("exit", (code, signal) => {
+    children.delete(svc.name);
+    if (!stopping) {
+      process.stderr.write(`${svc.name} exited (${signal ?? `code ${code}`}); stopping the others\n`);
+      stopAll(1);
+    } else if (children.size === 0) process.exit(process.exitCode ?? 0);
+  });
+  children.set(svc.name, child);
+  return child;
+}
+
+function stopAll(exitCode: number): void {
+  if (stopping) return;
+  stopping = true;
+  process.exitCode = exitCode;
+  if (children.size === 0) process.exit(exitCode);
+  for (const child of children.values()) child.kill("SIGTERM");
+}
+
+async function waitReady(svc: ServiceProcess, timeoutMs = 60_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline && !stopping) {
+    try {
+      const res = await fetch(`http://127.0.0.1:${svc.adminPort}/readyz`);
+      if (res.ok) return;
+    } catch {
+      // not listening yet
+    }
+    await sleep(250);
+  }
+  if (!stopping) throw new Error(`${svc.name} did not become ready within ${timeoutMs / 1000}s`);
+}
+
+process.on("SIGINT", () => stopAll(0));
+process.on("SIGTERM", () => stopAll(0));
+
+for (const svc of services) {
+  start(svc);
+  await waitReady(svc).catch((err: Error) => {
+    process.stderr.write(`${err.message}\n`);
+    stopAll(1);
+  });
+}
+if (!stopping) process.stdout.write(banner());
+
+function banner(): string {
+  const rows = services.map((s) => `  ${s.name.padEnd(6)} rpc http://127.0.0.1:${s.rpcPort}   admin http://127.0.0.1:${s.adminPort}/readyz`).join("\n");
+  return `
+Paygate is running (${process.env.DATABASE_URL ? "PostgreSQL from DATABASE_URL" : "embedded PGlite under .data/"}). Ctrl-C stops it.
+
+${rows}
+
+Each rpc port speaks gRPC, gRPC-Web and Connect (JSON or binary) at once. Try:
+
+  curl -s -H 'Content-Type: application/json' \\
+    -d '{"decimalAmount":{"currency":"USD","value":"100.00"},"toCurrency":"IDR"}' \\
+    http://127.0.0.1:9092/paygate.fx.v1.FxService/Convert
+
+  npx buf curl --protocol grpc --http2-prior-knowledge \\
+    -d '{"amount":{"currency":"EUR","amount_minor":"5000"},"to_currency":"JPY"}' \\
+    http://127.0.0.1:9092/paygate.fx.v1.FxService/CreateQuote
+
+  grpcurl -plaintext 127.0.0.1:9094 list
+  grpcurl -plaintext -d '{"payment_id":"pay_demo_1","account_id":"acc_demo","amount":{"currency":"USD","amount_minor":"250000"}}' \\
+    127.0.0.1:9094 paygate.risk.v1.RiskService/Score
+
+`;
+}
