@@ -16,6 +16,7 @@ interface ServiceProcess {
 const services: ServiceProcess[] = [
   { name: "fx", entry: "services/fx/main.ts", rpcPort: 9092, adminPort: 9102 },
   { name: "risk", entry: "services/risk/main.ts", rpcPort: 9094, adminPort: 9104 },
+  { name: "wallet", entry: "services/wallet/main.ts", rpcPort: 9093, adminPort: 9103 },
 ];
 
 const children = new Map<string, ChildProcess>();

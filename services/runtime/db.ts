@@ -32,6 +32,9 @@ export interface DatabaseOptions {
 }
 
 const INT8_OID = 20;
+/** SQLSTATEs of a transaction aborted by a deadlock (40P01) or a serialization failure (40001). */
+const RETRYABLE = new Set(["40P01", "40001"]);
+const MAX_ATTEMPTS = 5;
 /** DATA_DIR value that keeps an embedded database in memory only. */
 export const IN_MEMORY = "memory://";
 
@@ -62,17 +65,22 @@ async function openPostgres(url: string, schema: string, max: number): Promise<D
     query: (sql, params) => query(pool, sql, params),
     exec: async (sql) => void (await pool.query(sql)),
     async transaction(fn) {
-      const client = await pool.connect();
-      try {
-        await client.query("BEGIN");
-        const result = await fn({ query: (sql, params) => query(client, sql, params), exec: async (sql) => void (await client.query(sql)) });
-        await client.query("COMMIT");
-        return result;
-      } catch (err) {
-        await client.query("ROLLBACK").catch(() => {});
-        throw err;
-      } finally {
-        client.release();
+      for (let attempt = 1; ; attempt++) {
+        const client = await pool.connect();
+        try {
+          await client.query("BEGIN");
+          const result = await fn({ query: (sql, params) => query(client, sql, params), exec: async (sql) => void (await client.query(sql)) });
+          await client.query("COMMIT");
+          return result;
+        } catch (err) {
+          await client.query("ROLLBACK").catch(() => {});
+          // A deadlock or serialization failure aborts a transaction that did nothing wrong:
+          // run it again (all its effects were rolled back).
+          if (attempt < MAX_ATTEMPTS && RETRYABLE.has((err as { code?: string }).code ?? "")) continue;
+          throw err;
+        } finally {
+          client.release();
+        }
       }
     },
     close: () => pool.end(),

@@ -1,0 +1,511 @@
+// The double-entry ledger: accounts, two-phase transfers (hold -> capture or release or
+// expiry), immediate transfers, cross-currency settlement through per-currency liquidity
+// accounts, and the reconciliation check. Every write runs in one database transaction and
+// is idempotent by the caller's id.
+import { createHash } from "node:crypto";
+import type { Database, Queryable } from "../runtime/db.js";
+import { DomainError, failedPrecondition, invalidArgument, notFound } from "../runtime/errors.js";
+import { newId } from "../runtime/ids.js";
+import { formatDecimal, parseDecimal, type Decimal } from "../runtime/decimal.js";
+import { currencyInfo, formatMinor } from "../runtime/money.js";
+import { convertMinor } from "../fx/conversion.js";
+
+export type AccountKind = "USER" | "LIQUIDITY" | "EXTERNAL";
+export type HoldStatus = "PENDING" | "CAPTURED" | "RELEASED" | "EXPIRED";
+
+export interface Account {
+  id: string;
+  ownerId: string;
+  currency: string;
+  kind: AccountKind;
+  postedMinor: bigint;
+  pendingMinor: bigint;
+  createdAt: Date;
+}
+
+export interface Hold {
+  id: string;
+  accountId: string;
+  destinationAccountId: string;
+  currency: string;
+  amountMinor: bigint;
+  destinationCurrency: string;
+  destinationMinor: bigint;
+  fxRate: string | null;
+  fxQuoteId: string | null;
+  status: HoldStatus;
+  capturedMinor: bigint | null;
+  expiresAt: Date;
+  createdAt: Date;
+  resolvedAt: Date | null;
+}
+
+export interface Entry {
+  id: bigint;
+  transferId: string;
+  accountId: string;
+  direction: "DEBIT" | "CREDIT";
+  currency: string;
+  amountMinor: bigint;
+  kind: string;
+  createdAt: Date;
+}
+
+export interface FxTerms {
+  rate: string;
+  quoteId: string;
+}
+
+/** One leg of a posting: money leaves `from` and reaches `to`, same currency, same amount. */
+interface Leg {
+  from: string;
+  to: string;
+  currency: string;
+  amountMinor: bigint;
+  kind: string;
+}
+
+/** Ids of Paygate's own accounts, one per currency and kind, created on first use. */
+export const systemAccountId = (kind: "LIQUIDITY" | "EXTERNAL", currency: string) => `${kind.toLowerCase()}_${currency}`;
+
+export class Ledger {
+  constructor(
+    private readonly db: Database,
+    private readonly now: () => Date = () => new Date(),
+  ) {}
+
+  async openAccount(req: { requestId: string; ownerId: string; currency: string }): Promise<Account> {
+    if (req.ownerId === "") throw invalidArgument("MISSING_FIELD", "owner_id", "owner_id is required");
+    currencyInfo(req.currency, "currency");
+    return this.db.transaction(async (tx) => {
+      if (req.requestId !== "") {
+        const existing = await accountWhere(tx, "request_id = $1", [req.requestId]);
+        if (existing) {
+          if (existing.ownerId !== req.ownerId || existing.currency !== req.currency) {
+            throw reused("request_id", req.requestId, "an account for another owner or currency");
+          }
+          return existing;
+        }
+      }
+      const { rows } = await tx.query<AccountRow>(
+        `INSERT INTO accounts (id, owner_id, currency, kind, request_id, created_at) VALUES ($1, $2, $3, 'USER', $4, $5) RETURNING *`,
+        [newId("acc"), req.ownerId, req.currency, req.requestId || null, this.now()],
+      );
+      return accountFromRow(rows[0]!);
+    });
+  }
+
+  async account(id: string): Promise<Account> {
+    const found = await accountWhere(this.db, "id = $1", [id]);
+    if (!found) throw notFound("ACCOUNT_NOT_FOUND", `account_id: no account ${JSON.stringify(id)}`, "account_id");
+    return found;
+  }
+
+  async accountsOf(ownerId: string): Promise<Account[]> {
+    const { rows } = await this.db.query<AccountRow>("SELECT * FROM accounts WHERE owner_id = $1 AND kind = 'USER' ORDER BY created_at, id", [ownerId]);
+    return rows.map(accountFromRow);
+  }
+
+  /** Money from outside Paygate into a user account (the world account is debited). */
+  async credit(req: { transferId: string; accountId: string; currency: string; amountMinor: bigint }): Promise<Account> {
+    requireId(req.transferId, "transfer_id");
+    requirePositive(req.amountMinor, "amount");
+    return this.db.transaction(async (tx) => {
+      await lockKey(tx, `transfer:${req.transferId}`);
+      const account = await accountOrFail(tx, req.accountId, "account_id");
+      requireCurrency(account, req.currency, "amount.currency");
+      const hash = fingerprint(["credit", req.accountId, req.currency, req.amountMinor]);
+      if (!(await this.replayed(tx, req.transferId, hash))) {
+        const external = await this.systemAccount(tx, "EXTERNAL", req.currency);
+        await this.post(tx, req.transferId, "credit", hash, [{ from: external, to: account.id, currency: req.currency, amountMinor: req.amountMinor, kind: "credit" }]);
+      }
+      return (await accountWhere(tx, "id = $1", [req.accountId]))!;
+    });
+  }
+
+  /**
+   * Places a hold: the amount stops being available on the source account (which must have
+   * it, pending holds included) until it is captured, released or expires.
+   */
+  async reserve(req: {
+    holdId: string;
+    accountId: string;
+    destinationAccountId: string;
+    currency: string;
+    amountMinor: bigint;
+    fx: FxTerms | undefined;
+    ttlMs: number;
+  }): Promise<Hold> {
+    requireId(req.holdId, "hold_id");
+    requirePositive(req.amountMinor, "amount");
+    const hash = fingerprint(["reserve", req.accountId, req.destinationAccountId, req.currency, req.amountMinor, req.fx?.rate ?? "", req.fx?.quoteId ?? ""]);
+    return this.db.transaction(async (tx) => {
+      await lockKey(tx, `hold:${req.holdId}`);
+      const earlier = await holdById(tx, req.holdId);
+      if (earlier) {
+        if (earlier.requestHash !== hash) throw reused("hold_id", req.holdId, "a different hold");
+        return earlier.hold;
+      }
+      const source = await accountOrFail(tx, req.accountId, "account_id");
+      const destination = await accountOrFail(tx, req.destinationAccountId, "destination_account_id");
+      requireCurrency(source, req.currency, "amount.currency");
+      if (source.id === destination.id) throw invalidArgument("SAME_ACCOUNT", "destination_account_id", "destination_account_id: must differ from account_id");
+      const destinationMinor = settle(source.currency, destination.currency, req.amountMinor, req.fx, "fx");
+      const reserved = await tx.query(
+        `UPDATE accounts SET pending_minor = pending_minor + $2
+         WHERE id = $1 AND (kind <> 'USER' OR posted_minor - pending_minor >= $2)`,
+        [source.id, req.amountMinor],
+      );
+      if (reserved.rowCount === 0) {
+        const now = await accountWhere(tx, "id = $1", [source.id]);
+        throw insufficientFunds(source.id, req.currency, req.amountMinor, now!.postedMinor - now!.pendingMinor);
+      }
+      const now = this.now();
+      const { rows } = await tx.query<HoldRow>(
+        `INSERT INTO holds (id, account_id, destination_account_id, currency, amount_minor, destination_currency, destination_minor,
+           fx_rate, fx_quote_id, status, request_hash, expires_at, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'PENDING', $10, $11, $12) RETURNING *`,
+        [req.holdId, source.id, destination.id, source.currency, req.amountMinor, destination.currency, destinationMinor,
+          req.fx?.rate ?? null, req.fx?.quoteId || null, hash, new Date(now.getTime() + req.ttlMs), now],
+      );
+      return holdFromRow(rows[0]!);
+    });
+  }
+
+  /**
+   * Posts `amountMinor` of a pending hold (all of it when undefined) to its destination and
+   * releases the rest. Capturing a captured hold again with the same amount returns it.
+   */
+  async capture(holdId: string, amountMinor: bigint | undefined): Promise<Hold> {
+    requireId(holdId, "hold_id");
+    if (amountMinor !== undefined) requirePositive(amountMinor, "amount");
+    return this.db.transaction(async (tx) => {
+      const hold = await this.lockedPendingHold(tx, holdId, (h) => h.status === "CAPTURED" && (amountMinor === undefined || h.capturedMinor === amountMinor));
+      if (hold.status !== "PENDING") return hold;
+      const captured = amountMinor ?? hold.amountMinor;
+      if (captured > hold.amountMinor) {
+        throw failedPrecondition("CAPTURE_EXCEEDS_HOLD", `amount: ${formatMinor(captured, hold.currency)} ${hold.currency} is more than the ${formatMinor(hold.amountMinor, hold.currency)} held`, "amount");
+      }
+      // A partial capture of a cross-currency hold converts the captured part at the hold's rate.
+      const destinationMinor = captured === hold.amountMinor ? hold.destinationMinor : settle(hold.currency, hold.destinationCurrency, captured, hold.fxRate ? { rate: hold.fxRate, quoteId: "" } : undefined, "fx");
+      await tx.query("UPDATE accounts SET pending_minor = pending_minor - $2 WHERE id = $1", [hold.accountId, hold.amountMinor]);
+      await this.post(tx, `${holdId}:capture`, "capture", fingerprint(["capture", holdId, captured]), await this.legs(tx, hold.accountId, hold.destinationAccountId, hold.currency, captured, hold.destinationCurrency, destinationMinor, "capture"));
+      return this.resolve(tx, holdId, "CAPTURED", captured);
+    });
+  }
+
+  /** Voids a pending hold. Releasing a released or expired hold returns it unchanged. */
+  async release(holdId: string): Promise<Hold> {
+    requireId(holdId, "hold_id");
+    return this.db.transaction(async (tx) => {
+      const hold = await this.lockedPendingHold(tx, holdId, (h) => h.status === "RELEASED" || h.status === "EXPIRED");
+      if (hold.status !== "PENDING") return hold;
+      await tx.query("UPDATE accounts SET pending_minor = pending_minor - $2 WHERE id = $1", [hold.accountId, hold.amountMinor]);
+      return this.resolve(tx, holdId, "RELEASED", null);
+    });
+  }
+
+  async hold(holdId: string): Promise<Hold> {
+    const found = await holdById(this.db, holdId);
+    if (!found) throw notFound("HOLD_NOT_FOUND", `hold_id: no hold ${JSON.stringify(holdId)}`, "hold_id");
+    return found.hold;
+  }
+
+  /** Expires every pending hold past its time; returns how many. Runs on a timer. */
+  async expireHolds(): Promise<number> {
+    return this.db.transaction(async (tx) => {
+      const { rows } = await tx.query<{ id: string; account_id: string; amount_minor: bigint }>(
+        `UPDATE holds SET status = 'EXPIRED', resolved_at = $1 WHERE status = 'PENDING' AND expires_at <= $1 RETURNING id, account_id, amount_minor`,
+        [this.now()],
+      );
+      for (const r of [...rows].sort((a, b) => (a.account_id < b.account_id ? -1 : 1))) {
+        await tx.query("UPDATE accounts SET pending_minor = pending_minor - $2 WHERE id = $1", [r.account_id, r.amount_minor]);
+      }
+      return rows.length;
+    });
+  }
+
+  /** Posts a movement at once (refunds), with the same no-overdraft rule as holds. */
+  async transfer(req: { transferId: string; fromAccountId: string; toAccountId: string; currency: string; amountMinor: bigint; fx: FxTerms | undefined }): Promise<{ amountMinor: bigint; destinationCurrency: string; destinationMinor: bigint }> {
+    requireId(req.transferId, "transfer_id");
+    requirePositive(req.amountMinor, "amount");
+    return this.db.transaction(async (tx) => {
+      await lockKey(tx, `transfer:${req.transferId}`);
+      const source = await lockedAccount(tx, req.fromAccountId, "from_account_id");
+      const destination = await accountOrFail(tx, req.toAccountId, "to_account_id");
+      requireCurrency(source, req.currency, "amount.currency");
+      if (source.id === destination.id) throw invalidArgument("SAME_ACCOUNT", "to_account_id", "to_account_id: must differ from from_account_id");
+      const destinationMinor = settle(source.currency, destination.currency, req.amountMinor, req.fx, "fx");
+      const result = { amountMinor: req.amountMinor, destinationCurrency: destination.currency, destinationMinor };
+      const hash = fingerprint(["transfer", source.id, destination.id, req.currency, req.amountMinor, req.fx?.rate ?? ""]);
+      if (await this.replayed(tx, req.transferId, hash)) return result;
+      const available = source.postedMinor - source.pendingMinor;
+      if (source.kind === "USER" && available < req.amountMinor) throw insufficientFunds(source.id, source.currency, req.amountMinor, available);
+      await this.post(tx, req.transferId, "transfer", hash, await this.legs(tx, source.id, destination.id, source.currency, req.amountMinor, destination.currency, destinationMinor, "transfer"));
+      return result;
+    });
+  }
+
+  async entries(accountId: string, pageSize: number, pageToken: string): Promise<{ entries: Entry[]; nextPageToken: string }> {
+    await this.account(accountId);
+    const size = Math.min(Math.max(pageSize || 50, 1), 500);
+    let before: bigint | undefined;
+    if (pageToken !== "") {
+      if (!/^\d+$/.test(pageToken)) throw invalidArgument("INVALID_PAGE_TOKEN", "page_token", "page_token: not a token this service issued");
+      before = BigInt(pageToken);
+    }
+    const { rows } = await this.db.query<EntryRow>(
+      `SELECT * FROM entries WHERE account_id = $1 AND ($2::bigint IS NULL OR id < $2) ORDER BY id DESC LIMIT $3`,
+      [accountId, before ?? null, size + 1],
+    );
+    const page = rows.slice(0, size).map(entryFromRow);
+    return { entries: page, nextPageToken: rows.length > size ? String(page[page.length - 1]!.id) : "" };
+  }
+
+  /**
+   * The reconciliation check: every account's posted total equals its entries, every pending
+   * total equals its open holds, every transfer balances, and every currency sums to zero.
+   * Returns the problems found (none when the books are right).
+   */
+  async reconcile(): Promise<string[]> {
+    const problems: string[] = [];
+    const posted = await this.db.query<{ id: string; posted_minor: bigint; sum: bigint }>(
+      `SELECT a.id, a.posted_minor, coalesce(sum(CASE e.direction WHEN 'CREDIT' THEN e.amount_minor ELSE -e.amount_minor END), 0)::int8 AS sum
+       FROM accounts a LEFT JOIN entries e ON e.account_id = a.id GROUP BY a.id, a.posted_minor HAVING a.posted_minor <> coalesce(sum(CASE e.direction WHEN 'CREDIT' THEN e.amount_minor ELSE -e.amount_minor END), 0)`,
+    );
+    for (const r of posted.rows) problems.push(`account ${r.id}: posted ${r.posted_minor} but entries sum to ${r.sum}`);
+    const pending = await this.db.query<{ id: string; pending_minor: bigint; sum: bigint }>(
+      `SELECT a.id, a.pending_minor, coalesce(sum(h.amount_minor), 0)::int8 AS sum
+       FROM accounts a LEFT JOIN holds h ON h.account_id = a.id AND h.status = 'PENDING' GROUP BY a.id, a.pending_minor HAVING a.pending_minor <> coalesce(sum(h.amount_minor), 0)`,
+    );
+    for (const r of pending.rows) problems.push(`account ${r.id}: pending ${r.pending_minor} but open holds sum to ${r.sum}`);
+    const currencies = await this.db.query<{ currency: string; sum: bigint }>(
+      `SELECT currency, sum(posted_minor)::int8 AS sum FROM accounts GROUP BY currency HAVING sum(posted_minor) <> 0`,
+    );
+    for (const r of currencies.rows) problems.push(`currency ${r.currency}: balances sum to ${r.sum}, not 0`);
+    const transfers = await this.db.query<{ transfer_id: string; currency: string }>(
+      `SELECT transfer_id, currency FROM entries GROUP BY transfer_id, currency
+       HAVING sum(CASE direction WHEN 'CREDIT' THEN amount_minor ELSE -amount_minor END) <> 0`,
+    );
+    for (const r of transfers.rows) problems.push(`transfer ${r.transfer_id}: ${r.currency} debits and credits differ`);
+    const overdrawn = await this.db.query<{ id: string }>(`SELECT id FROM accounts WHERE kind = 'USER' AND posted_minor - pending_minor < 0`);
+    for (const r of overdrawn.rows) problems.push(`account ${r.id}: overdrawn`);
+    return problems;
+  }
+
+  /** The legs moving money from a source to a destination, through liquidity when currencies differ. */
+  private async legs(tx: Queryable, from: string, to: string, currency: string, amountMinor: bigint, toCurrency: string, toMinor: bigint, kind: string): Promise<Leg[]> {
+    if (currency === toCurrency) return [{ from, to, currency, amountMinor, kind }];
+    const legs: Leg[] = [{ from, to: await this.systemAccount(tx, "LIQUIDITY", currency), currency, amountMinor, kind: `${kind}:fx` }];
+    // A conversion that rounds to zero leaves nothing to pay out in the destination currency.
+    if (toMinor > 0n) legs.push({ from: await this.systemAccount(tx, "LIQUIDITY", toCurrency), to, currency: toCurrency, amountMinor: toMinor, kind: `${kind}:fx` });
+    return legs;
+  }
+
+  /** Records the transfer, writes the entries of `legs` and moves the running totals (accounts in id order). */
+  private async post(tx: Queryable, transferId: string, kind: string, hash: string, legs: Leg[]): Promise<void> {
+    const now = this.now();
+    await tx.query("INSERT INTO transfers (id, kind, request_hash, created_at) VALUES ($1, $2, $3, $4)", [transferId, kind, hash, now]);
+    const deltas = new Map<string, bigint>();
+    for (const leg of legs) {
+      deltas.set(leg.from, (deltas.get(leg.from) ?? 0n) - leg.amountMinor);
+      deltas.set(leg.to, (deltas.get(leg.to) ?? 0n) + leg.amountMinor);
+      await tx.query(
+        `INSERT INTO entries (transfer_id, account_id, direction, currency, amount_minor, kind, created_at)
+         VALUES ($1, $2, 'DEBIT', $3, $4, $5, $6), ($1, $7, 'CREDIT', $3, $4, $5, $6)`,
+        [transferId, leg.from, leg.currency, leg.amountMinor, leg.kind, now, leg.to],
+      );
+    }
+    for (const id of [...deltas.keys()].sort()) {
+      await tx.query("UPDATE accounts SET posted_minor = posted_minor + $2 WHERE id = $1", [id, deltas.get(id)]);
+    }
+  }
+
+  /** True when transfer `id` exists for the same request (a retry); ID_REUSED when for another. */
+  private async replayed(tx: Queryable, id: string, hash: string): Promise<boolean> {
+    const { rows } = await tx.query<{ request_hash: string }>("SELECT request_hash FROM transfers WHERE id = $1", [id]);
+    if (!rows[0]) return false;
+    if (rows[0].request_hash !== hash) throw reused("transfer_id", id, "a different movement");
+    return true;
+  }
+
+  private async systemAccount(tx: Queryable, kind: "LIQUIDITY" | "EXTERNAL", currency: string): Promise<string> {
+    const id = systemAccountId(kind, currency);
+    await tx.query(
+      `INSERT INTO accounts (id, owner_id, currency, kind, created_at) VALUES ($1, 'paygate', $2, $3, $4) ON CONFLICT (id) DO NOTHING`,
+      [id, currency, kind, this.now()],
+    );
+    return id;
+  }
+
+  /**
+   * Locks a hold. A pending hold past its expiry is expired first. Returns a resolved hold
+   * when `isRetry` says this call repeats the one that resolved it; otherwise a resolved
+   * hold is a FAILED_PRECONDITION naming its state.
+   */
+  private async lockedPendingHold(tx: Queryable, holdId: string, isRetry: (h: Hold) => boolean): Promise<Hold> {
+    const { rows } = await tx.query<HoldRow>("SELECT * FROM holds WHERE id = $1 FOR UPDATE", [holdId]);
+    if (!rows[0]) throw notFound("HOLD_NOT_FOUND", `hold_id: no hold ${JSON.stringify(holdId)}`, "hold_id");
+    let hold = holdFromRow(rows[0]);
+    if (hold.status === "PENDING" && hold.expiresAt <= this.now()) {
+      await tx.query("UPDATE accounts SET pending_minor = pending_minor - $2 WHERE id = $1", [hold.accountId, hold.amountMinor]);
+      hold = await this.resolve(tx, holdId, "EXPIRED", null);
+    }
+    if (hold.status === "PENDING" || isRetry(hold)) return hold;
+    throw failedPrecondition(`HOLD_${hold.status}`, `hold_id: hold ${holdId} is already ${hold.status.toLowerCase()}`, "hold_id", { status: hold.status });
+  }
+
+  private async resolve(tx: Queryable, holdId: string, status: HoldStatus, capturedMinor: bigint | null): Promise<Hold> {
+    const { rows } = await tx.query<HoldRow>("UPDATE holds SET status = $2, captured_minor = $3, resolved_at = $4 WHERE id = $1 RETURNING *", [holdId, status, capturedMinor, this.now()]);
+    return holdFromRow(rows[0]!);
+  }
+}
+
+/** What the destination receives: the same amount, or the converted amount at the fx rate. */
+function settle(currency: string, destinationCurrency: string, amountMinor: bigint, fx: FxTerms | undefined, field: string): bigint {
+  if (currency === destinationCurrency) {
+    if (fx) throw invalidArgument("FX_NOT_EXPECTED", field, `${field}: both accounts are in ${currency}; no fx settlement applies`);
+    return amountMinor;
+  }
+  if (!fx || fx.rate === "") throw invalidArgument("FX_REQUIRED", `${field}.rate`, `${field}.rate: accounts are in ${currency} and ${destinationCurrency}; a rate is required`);
+  const rate: Decimal = parseDecimal(fx.rate, `${field}.rate`);
+  if (rate.mantissa <= 0n) throw invalidArgument("INVALID_RATE", `${field}.rate`, `${field}.rate: must be positive, got ${formatDecimal(rate)}`);
+  return convertMinor(amountMinor, currencyInfo(currency, "currency").minorUnits, rate, currencyInfo(destinationCurrency, "currency").minorUnits, "half_even").convertedMinor;
+}
+
+/** Serialises writes that share a caller id, so a concurrent retry sees the first one's result. */
+async function lockKey(tx: Queryable, key: string): Promise<void> {
+  await tx.query("SELECT pg_advisory_xact_lock(hashtext($1))", [key]);
+}
+
+function requireId(id: string, field: string): void {
+  if (id === "") throw invalidArgument("MISSING_FIELD", field, `${field} is required`);
+}
+
+function requirePositive(amountMinor: bigint, field: string): void {
+  if (amountMinor <= 0n) throw invalidArgument("NON_POSITIVE_AMOUNT", field, `${field}: amount must be greater than zero, got ${amountMinor} minor units`);
+}
+
+function requireCurrency(account: Account, currency: string, field: string): void {
+  if (account.currency !== currency) {
+    throw invalidArgument("CURRENCY_MISMATCH", field, `${field}: account ${account.id} holds ${account.currency}, not ${currency}`);
+  }
+}
+
+function insufficientFunds(accountId: string, currency: string, wanted: bigint, available: bigint): DomainError {
+  return failedPrecondition(
+    "INSUFFICIENT_FUNDS",
+    `account ${accountId} has ${formatMinor(available, currency)} ${currency} available, ${formatMinor(wanted, currency)} ${currency} needed`,
+    "amount",
+    { available_minor: available.toString() },
+  );
+}
+
+function reused(field: string, id: string, what: string): DomainError {
+  return new DomainError("already_exists", "ID_REUSED", `${field}: ${JSON.stringify(id)} was already used for ${what}`, field);
+}
+
+function fingerprint(parts: (string | bigint)[]): string {
+  return createHash("sha256").update(parts.map(String).join("\u0000")).digest("hex");
+}
+
+interface AccountRow {
+  id: string;
+  owner_id: string;
+  currency: string;
+  kind: AccountKind;
+  posted_minor: bigint;
+  pending_minor: bigint;
+  created_at: Date;
+}
+
+const accountFromRow = (r: AccountRow): Account => ({
+  id: r.id,
+  ownerId: r.owner_id,
+  currency: r.currency,
+  kind: r.kind,
+  postedMinor: r.posted_minor,
+  pendingMinor: r.pending_minor,
+  createdAt: r.created_at,
+});
+
+async function accountWhere(q: Queryable, where: string, params: unknown[]): Promise<Account | undefined> {
+  const { rows } = await q.query<AccountRow>(`SELECT * FROM accounts WHERE ${where}`, params);
+  return rows[0] && accountFromRow(rows[0]);
+}
+
+async function accountOrFail(q: Queryable, id: string, field: string): Promise<Account> {
+  if (id === "") throw invalidArgument("MISSING_FIELD", field, `${field} is required`);
+  const found = await accountWhere(q, "id = $1", [id]);
+  if (!found) throw notFound("ACCOUNT_NOT_FOUND", `${field}: no account ${JSON.stringify(id)}`, field);
+  return found;
+}
+
+async function lockedAccount(q: Queryable, id: string, field: string): Promise<Account> {
+  if (id === "") throw invalidArgument("MISSING_FIELD", field, `${field} is required`);
+  const { rows } = await q.query<AccountRow>("SELECT * FROM accounts WHERE id = $1 FOR UPDATE", [id]);
+  if (!rows[0]) throw notFound("ACCOUNT_NOT_FOUND", `${field}: no account ${JSON.stringify(id)}`, field);
+  return accountFromRow(rows[0]);
+}
+
+interface HoldRow {
+  id: string;
+  account_id: string;
+  destination_account_id: string;
+  currency: string;
+  amount_minor: bigint;
+  destination_currency: string;
+  destination_minor: bigint;
+  fx_rate: string | null;
+  fx_quote_id: string | null;
+  status: HoldStatus;
+  captured_minor: bigint | null;
+  request_hash: string;
+  expires_at: Date;
+  created_at: Date;
+  resolved_at: Date | null;
+}
+
+const holdFromRow = (r: HoldRow): Hold => ({
+  id: r.id,
+  accountId: r.account_id,
+  destinationAccountId: r.destination_account_id,
+  currency: r.currency,
+  amountMinor: r.amount_minor,
+  destinationCurrency: r.destination_currency,
+  destinationMinor: r.destination_minor,
+  fxRate: r.fx_rate === null ? null : formatDecimal(parseDecimal(r.fx_rate, "fx_rate")),
+  fxQuoteId: r.fx_quote_id,
+  status: r.status,
+  capturedMinor: r.captured_minor,
+  expiresAt: r.expires_at,
+  createdAt: r.created_at,
+  resolvedAt: r.resolved_at,
+});
+
+async function holdById(q: Queryable, id: string): Promise<{ hold: Hold; requestHash: string } | undefined> {
+  const { rows } = await q.query<HoldRow>("SELECT * FROM holds WHERE id = $1", [id]);
+  return rows[0] && { hold: holdFromRow(rows[0]), requestHash: rows[0].request_hash };
+}
+
+interface EntryRow {
+  id: bigint;
+  transfer_id: string;
+  account_id: string;
+  direction: "DEBIT" | "CREDIT";
+  currency: string;
+  amount_minor: bigint;
+  kind: string;
+  created_at: Date;
+}
+
+const entryFromRow = (r: EntryRow): Entry => ({
+  id: r.id,
+  transferId: r.transfer_id,
+  accountId: r.account_id,
+  direction: r.direction,
+  currency: r.currency,
+  amountMinor: r.amount_minor,
+  kind: r.kind,
+  createdAt: r.created_at,
+});
