@@ -1,0 +1,113 @@
+// Idempotency keys, as the best public payment APIs define them: the same key with the same
+// request replays the first response (failures included) with no second effect; the same key
+// with another request is an error; a duplicate arriving while the first is still running is
+// ABORTED. Keys are per merchant and kept for at least 24 hours.
+import { createHash } from "node:crypto";
+import { create, fromBinary, toBinary, type DescMessage, type MessageShape } from "@bufbuild/protobuf";
+import { Code, ConnectError } from "@connectrpc/connect";
+import { ErrorDetailSchema } from "../gen/paygate/common/v1/common_pb.js";
+import type { Database } from "../runtime/db.js";
+import { DomainError, invalidArgument, toConnectError } from "../runtime/errors.js";
+
+export const IDEMPOTENCY_HEADER = "idempotency-key";
+export const REPLAYED_HEADER = "idempotent-replayed";
+
+/** Errors worth retrying: the key is freed so a retry runs the request again. */
+const TRANSIENT = new Set([Code.Unavailable, Code.DeadlineExceeded, Code.Canceled, Code.Internal, Code.Unknown, Code.Aborted, Code.ResourceExhausted]);
+
+interface StoredError {
+  code: Code;
+  message: string;
+  reason: string;
+  field: string;
+  metadata: Record<string, string>;
+}
+
+export interface IdempotencyOptions {
+  /** How long a key is remembered. */
+  retentionMs: number;
+  /** How long a request may hold its key before a retry may take it over (a crashed process). */
+  lockMs: number;
+  now: () => Date;
+}
+
+export class IdempotencyKeys {
+  constructor(
+    private readonly db: Database,
+    private readonly opts: IdempotencyOptions,
+  ) {}
+
+  /**
+   * Runs `fn` once per (merchant, key). `request` identifies the request (its canonical
+   * fingerprint input); `schema` is the response type, stored to replay.
+   */
+  async run<S extends DescMessage>(
+    merchantId: string,
+    key: string,
+    request: unknown,
+    schema: S,
+    fn: () => Promise<MessageShape<S>>,
+  ): Promise<{ response: MessageShape<S>; replayed: boolean }> {
+    if (key === "") return { response: await fn(), replayed: false };
+    if (key.length > 255) throw invalidArgument("INVALID_IDEMPOTENCY_KEY", IDEMPOTENCY_HEADER, `${IDEMPOTENCY_HEADER}: at most 255 characters`);
+    const hash = createHash("sha256").update(JSON.stringify(request, (_k, v: unknown) => (typeof v === "bigint" ? v.toString() : v))).digest("hex");
+    const now = this.opts.now();
+    const lockedUntil = new Date(now.getTime() + this.opts.lockMs);
+    const claimed = await this.db.query(
+      `INSERT INTO idempotency_keys (merchant_id, key, request_hash, locked_until, created_at, expires_at)
+       VALUES ($1, $2, $3, $4, $5, $6)
+       ON CONFLICT (merchant_id, key) DO UPDATE
+         SET request_hash = EXCLUDED.request_hash, response = NULL, error = NULL, locked_until = EXCLUDED.locked_until,
+             created_at = EXCLUDED.created_at, expires_at = EXCLUDED.expires_at
+         WHERE idempotency_keys.expires_at <= $5
+            OR (idempotency_keys.request_hash = EXCLUDED.request_hash AND idempotency_keys.response IS NULL
+                AND idempotency_keys.error IS NULL AND idempotency_keys.locked_until <= $5)`,
+      [merchantId, key, hash, lockedUntil, now, new Date(now.getTime() + this.opts.retentionMs)],
+    );
+    if (claimed.rowCount === 0) return { response: await this.replay(merchantId, key, hash, schema), replayed: true };
+    try {
+      const response = await fn();
+      await this.db.query("UPDATE idempotency_keys SET response = $3, locked_until = NULL WHERE merchant_id = $1 AND key = $2", [merchantId, key, toBinary(schema, response)]);
+      return { response, replayed: false };
+    } catch (err) {
+      const stored = storable(err);
+      if (stored) {
+        await this.db.query("UPDATE idempotency_keys SET error = $3, locked_until = NULL WHERE merchant_id = $1 AND key = $2", [merchantId, key, JSON.stringify(stored)]);
+      } else {
+        await this.db.query("DELETE FROM idempotency_keys WHERE merchant_id = $1 AND key = $2 AND response IS NULL", [merchantId, key]);
+      }
+      throw err;
+    }
+  }
+
+  /** Deletes keys past their retention; returns how many. */
+  async purgeExpired(): Promise<number> {
+    return (await this.db.query("DELETE FROM idempotency_keys WHERE expires_at <= $1", [this.opts.now()])).rowCount;
+  }
+
+  private async replay<S extends DescMessage>(merchantId: string, key: string, hash: string, schema: S): Promise<MessageShape<S>> {
+    const { rows } = await this.db.query<{ request_hash: string; response: Uint8Array | null; error: StoredError | string | null }>(
+      "SELECT request_hash, response, error FROM idempotency_keys WHERE merchant_id = $1 AND key = $2",
+      [merchantId, key],
+    );
+    const row = rows[0];
+    if (!row) throw new ConnectError("idempotency key vanished while it was read; retry", Code.Aborted);
+    if (row.request_hash !== hash) {
+      throw invalidArgument("IDEMPOTENCY_KEY_REUSED", IDEMPOTENCY_HEADER, `${IDEMPOTENCY_HEADER}: ${JSON.stringify(key)} was already used with a different request`);
+    }
+    if (row.response) return fromBinary(schema, row.response);
+    if (row.error) {
+      const e = typeof row.error === "string" ? (JSON.parse(row.error) as StoredError) : row.error;
+      throw new ConnectError(e.message, e.code, undefined, [{ desc: ErrorDetailSchema, value: create(ErrorDetailSchema, { reason: e.reason, field: e.field, metadata: e.metadata }) }]);
+    }
+    throw new DomainError("aborted", "IDEMPOTENCY_KEY_IN_USE", `${IDEMPOTENCY_HEADER}: a request with key ${JSON.stringify(key)} is still in progress`, IDEMPOTENCY_HEADER);
+  }
+}
+
+/** The error to replay for this key, or undefined when it is transient (the key is freed). */
+function storable(err: unknown): StoredError | undefined {
+  const connect = err instanceof DomainError ? toConnectError(err) : err instanceof ConnectError ? err : undefined;
+  if (!connect || TRANSIENT.has(connect.code)) return undefined;
+  const detail = connect.findDetails(ErrorDetailSchema)[0];
+  return { code: connect.code, message: connect.rawMessage, reason: detail?.reason ?? "", field: detail?.field ?? "", metadata: detail?.metadata ?? {} };
+}

@@ -1,0 +1,113 @@
+// The payments service process.
+import { hostname } from "node:os";
+import { fileURLToPath } from "node:url";
+import { z } from "zod";
+import { FxService } from "../gen/paygate/fx/v1/fx_pb.js";
+import { PaymentsService } from "../gen/paygate/payments/v1/payments_pb.js";
+import { RiskService } from "../gen/paygate/risk/v1/risk_pb.js";
+import { WalletService } from "../gen/paygate/wallet/v1/wallet_pb.js";
+import { loadConfig, portVar, runtimeEnv } from "../runtime/config.js";
+import { openDatabase } from "../runtime/db.js";
+import { newId } from "../runtime/ids.js";
+import { createLogger } from "../runtime/logger.js";
+import { migrate } from "../runtime/migrate.js";
+import { runMain } from "../runtime/process.js";
+import { startServer } from "../runtime/server.js";
+import { upstreamClient, upstreamReady, upstreamTransport } from "../runtime/upstream.js";
+import { EventFeed } from "./events.js";
+import { IdempotencyKeys } from "./idempotency.js";
+import { Saga } from "./saga.js";
+import { paymentsService } from "./service.js";
+import { PaymentStore } from "./store.js";
+
+export const paymentsEnv = {
+  ...runtimeEnv,
+  PAYMENTS_PORT: portVar.default(9091),
+  PAYMENTS_ADMIN_PORT: portVar.default(9101),
+  FX_URL: z.string().url().default("http://127.0.0.1:9092"),
+  WALLET_URL: z.string().url().default("http://127.0.0.1:9093"),
+  RISK_URL: z.string().url().default("http://127.0.0.1:9094"),
+  /** How long a process owns a payment's saga before recovery may take it over. */
+  PAYMENTS_LEASE_MS: z.coerce.number().int().min(100).max(600_000).default(30_000),
+  /** How often stalled payments (a crash, an upstream down) are looked for and resumed. */
+  PAYMENTS_RECOVERY_INTERVAL_MS: z.coerce.number().int().min(50).max(600_000).default(2_000),
+  /** How long idempotency keys are kept (at least 24 h). */
+  PAYMENTS_IDEMPOTENCY_RETENTION_HOURS: z.coerce.number().int().min(24).max(24 * 90).default(24),
+  /** How often event streams look for events written by other replicas. */
+  PAYMENTS_EVENT_POLL_MS: z.coerce.number().int().min(10).max(60_000).default(250),
+  PAYMENTS_DB_POOL_SIZE: z.coerce.number().int().min(1).max(200).default(20),
+};
+
+export async function startPayments(env: NodeJS.ProcessEnv = process.env) {
+  const config = loadConfig(paymentsEnv, env);
+  const logger = createLogger("payments", config.LOG_LEVEL);
+  const db = await openDatabase({ url: config.DATABASE_URL, dataDir: config.DATA_DIR, schema: "payments", poolSize: config.PAYMENTS_DB_POOL_SIZE });
+  await migrate(db, fileURLToPath(new URL("./migrations", import.meta.url)));
+  const now = () => new Date();
+  const instanceId = `${hostname()}/${process.pid}/${newId("run").slice(4, 12)}`;
+  let feed: EventFeed | undefined;
+  const store = new PaymentStore(db, now, () => feed?.notify());
+  feed = new EventFeed(store, config.PAYMENTS_EVENT_POLL_MS);
+  const transports = { fx: upstreamTransport(config.FX_URL), wallet: upstreamTransport(config.WALLET_URL), risk: upstreamTransport(config.RISK_URL) };
+  const upstreams = {
+    fx: upstreamClient(FxService, transports.fx),
+    wallet: upstreamClient(WalletService, transports.wallet),
+    risk: upstreamClient(RiskService, transports.risk),
+  };
+  const saga = new Saga(store, upstreams, logger);
+  const keys = new IdempotencyKeys(db, { retentionMs: config.PAYMENTS_IDEMPOTENCY_RETENTION_HOURS * 3_600_000, lockMs: config.PAYMENTS_LEASE_MS, now });
+
+  // Resumes payments whose saga stopped half-way, here or in a replica that died.
+  let sweeping = false;
+  const recovery = setInterval(() => {
+    if (sweeping) return;
+    sweeping = true;
+    void (async () => {
+      try {
+        for (const p of await store.claimStalled(instanceId, config.PAYMENTS_LEASE_MS, 20)) {
+          const done = await saga.run(p, { timeoutMs: config.UPSTREAM_TIMEOUT_MS });
+          await store.releaseLease(p.id, instanceId);
+          logger.info({ paymentId: p.id, status: done.status }, "payment resumed");
+        }
+        await keys.purgeExpired();
+      } catch (err) {
+        logger.error({ err }, "recovery sweep failed");
+      } finally {
+        sweeping = false;
+      }
+    })();
+  }, config.PAYMENTS_RECOVERY_INTERVAL_MS);
+
+  return startServer(
+    {
+      name: "payments",
+      services: [PaymentsService],
+      routes: (router, draining) =>
+        router.service(
+          PaymentsService,
+          paymentsService({ store, saga, keys, feed, wallet: upstreams.wallet, upstreamTimeoutMs: config.UPSTREAM_TIMEOUT_MS, instanceId, leaseMs: config.PAYMENTS_LEASE_MS, now, draining }),
+        ),
+      readiness: [
+        { name: "database", check: async () => void (await db.query("SELECT 1")) },
+        upstreamReady("wallet", transports.wallet),
+        upstreamReady("risk", transports.risk),
+        upstreamReady("fx", transports.fx),
+      ],
+      close: async () => {
+        clearInterval(recovery);
+        await db.close();
+      },
+    },
+    {
+      host: config.HOST,
+      port: config.PAYMENTS_PORT,
+      adminPort: config.PAYMENTS_ADMIN_PORT,
+      maxRequestBytes: config.MAX_REQUEST_BYTES,
+      shutdownTimeoutMs: config.SHUTDOWN_TIMEOUT_MS,
+      drainDelayMs: config.SHUTDOWN_DRAIN_DELAY_MS,
+      logger,
+    },
+  );
+}
+
+if (process.argv[1] === fileURLToPath(import.meta.url)) await runMain(() => startPayments());

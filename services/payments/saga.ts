@@ -1,0 +1,133 @@
+// The payment saga: risk -> fx quote (when currencies differ) -> wallet hold -> capture.
+// Every step is idempotent on the payment id (risk scores a payment once, a quote is used
+// once per reference, the hold id is the payment id), so the saga can be run again from the
+// top after any interruption — a crash, a timeout — and money still moves exactly once.
+// A step that fails for good ends the payment FAILED, undoing the hold if one was placed;
+// one that fails for now (an upstream unreachable) leaves it for the recovery sweep.
+import { Code, ConnectError, type CallOptions, type Client } from "@connectrpc/connect";
+import { ErrorDetailSchema } from "../gen/paygate/common/v1/common_pb.js";
+import type { FxService } from "../gen/paygate/fx/v1/fx_pb.js";
+import { Outcome, type RiskService } from "../gen/paygate/risk/v1/risk_pb.js";
+import type { WalletService } from "../gen/paygate/wallet/v1/wallet_pb.js";
+import { money } from "../runtime/money.js";
+import type { Logger } from "../runtime/logger.js";
+import type { PaymentRecord } from "./payment.js";
+import type { PaymentStore } from "./store.js";
+
+export interface Upstreams {
+  wallet: Client<typeof WalletService>;
+  risk: Client<typeof RiskService>;
+  fx: Client<typeof FxService>;
+}
+
+/** Codes that say "not now" rather than "no": the saga stops and is resumed later. */
+const TRANSIENT = new Set([Code.Unavailable, Code.DeadlineExceeded, Code.Canceled, Code.Internal, Code.Unknown, Code.ResourceExhausted, Code.Aborted]);
+
+export const isTransient = (err: unknown) => !(err instanceof ConnectError) || TRANSIENT.has(err.code);
+
+/** The stable reason of an upstream's refusal, from its ErrorDetail. */
+export function reasonOf(err: ConnectError): string {
+  return err.findDetails(ErrorDetailSchema)[0]?.reason || Code[err.code].toUpperCase();
+}
+
+export class Saga {
+  constructor(
+    private readonly store: PaymentStore,
+    private readonly up: Upstreams,
+    private readonly logger: Logger,
+  ) {}
+
+  /** Drives a payment as far as it can go now; returns it as it then stands. */
+  async run(p: PaymentRecord, call: CallOptions): Promise<PaymentRecord> {
+    try {
+      if (p.status === "PENDING") p = await this.authorize(p, call);
+      if (p.status === "AUTHORIZED" && p.captureMethod === "AUTOMATIC") p = await this.capture(p, undefined, call);
+      return p;
+    } catch (err) {
+      if (isTransient(err)) {
+        this.logger.warn({ paymentId: p.id, err: err instanceof Error ? err.message : String(err) }, "payment paused: will resume");
+        return this.store.get(p.id);
+      }
+      throw err;
+    }
+  }
+
+  private async authorize(p: PaymentRecord, call: CallOptions): Promise<PaymentRecord> {
+    const source = (await this.up.wallet.getAccount({ accountId: p.sourceAccountId }, call)).account!;
+
+    if (p.riskDecisionId === "") {
+      const { decision } = await this.up.risk.score(
+        {
+          paymentId: p.id,
+          accountId: p.sourceAccountId,
+          destinationAccountId: p.destinationAccountId,
+          amount: money(p.currency, p.amountMinor),
+          accountCurrency: source.currency,
+          accountOpenedAt: source.createdAt,
+          merchantId: p.merchantId,
+        },
+        call,
+      );
+      p = await this.store.patch(p.id, { riskDecisionId: decision!.id, riskScore: decision!.score });
+      if (decision!.outcome === Outcome.DECLINE) {
+        const reasons = decision!.reasons.filter((r) => !r.shadow).map((r) => r.code).join(", ");
+        return this.fail(p, "RISK_DECLINED", `declined by risk (score ${decision!.score}: ${reasons})`);
+      }
+    }
+
+    let settlementMinor = p.amountMinor;
+    let fx: { rate: string; quoteId: string; destinationAmount: ReturnType<typeof money> } | undefined;
+    if (p.settlementCurrency !== p.currency) {
+      if (p.fxQuoteId === null) {
+        const { quote } = await this.up.fx.createQuote({ source: { case: "amount", value: money(p.currency, p.amountMinor) }, toCurrency: p.settlementCurrency }, call);
+        p = await this.store.patch(p.id, { fxQuoteId: quote!.id, fxRate: quote!.rate, settlementMinor: quote!.converted!.amountMinor });
+      }
+      try {
+        // Uses the quote up, on behalf of this payment (the same payment may use it again).
+        await this.up.fx.convert({ quoteId: p.fxQuoteId!, reference: p.id }, call);
+      } catch (err) {
+        if (err instanceof ConnectError && !isTransient(err)) return this.fail(p, reasonOf(err), err.rawMessage);
+        throw err;
+      }
+      settlementMinor = p.settlementMinor!;
+      fx = { rate: p.fxRate!, quoteId: p.fxQuoteId!, destinationAmount: money(p.settlementCurrency, settlementMinor) };
+    } else if (p.settlementMinor === null) {
+      p = await this.store.patch(p.id, { settlementMinor });
+    }
+
+    try {
+      await this.up.wallet.reserve(
+        { holdId: p.id, accountId: p.sourceAccountId, destinationAccountId: p.destinationAccountId, amount: money(p.currency, p.amountMinor), fx },
+        call,
+      );
+    } catch (err) {
+      if (err instanceof ConnectError && !isTransient(err)) return this.fail(p, reasonOf(err), err.rawMessage);
+      throw err;
+    }
+    return this.store.transition(p.id, "AUTHORIZED", "payment.authorized");
+  }
+
+  /** Captures `amountMinor` (all when undefined) of an authorized payment; the rest of the hold is released. */
+  async capture(p: PaymentRecord, amountMinor: bigint | undefined, call: CallOptions): Promise<PaymentRecord> {
+    const captured = amountMinor ?? p.amountMinor;
+    let hold;
+    try {
+      ({ hold } = await this.up.wallet.capture({ holdId: p.id, amount: amountMinor === undefined ? undefined : money(p.currency, amountMinor) }, call));
+    } catch (err) {
+      if (!(err instanceof ConnectError) || isTransient(err)) throw err;
+      const reason = reasonOf(err);
+      // The hold is gone (expired or released): nothing to undo, the authorization lapsed.
+      if (reason === "HOLD_EXPIRED" || reason === "HOLD_RELEASED") return this.store.transition(p.id, "CANCELED", "payment.canceled", { failureReason: "AUTHORIZATION_EXPIRED", failureMessage: err.rawMessage });
+      if (p.captureMethod === "MANUAL") throw err; // e.g. more than authorized: the caller's mistake, payment unchanged
+      await this.up.wallet.release({ holdId: p.id }, call);
+      return this.store.transition(p.id, "FAILED", "payment.failed", { failureReason: reason, failureMessage: err.rawMessage });
+    }
+    const settlementCaptured = hold!.capturedDestinationAmount?.amountMinor ?? 0n;
+    return this.store.transition(p.id, "CAPTURED", "payment.captured", { capturedMinor: captured, settlementCapturedMinor: settlementCaptured });
+  }
+
+  /** Ends a payment FAILED before any hold was placed (nothing to undo). */
+  private async fail(p: PaymentRecord, reason: string, message: string): Promise<PaymentRecord> {
+    return this.store.transition(p.id, "FAILED", "payment.failed", { failureReason: reason, failureMessage: message });
+  }
+}

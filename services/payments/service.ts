@@ -1,0 +1,293 @@
+// PaymentsService: validation, idempotency, the saga, and the payment streams.
+import { create, fromBinary } from "@bufbuild/protobuf";
+import { timestampFromDate } from "@bufbuild/protobuf/wkt";
+import { Code, ConnectError, type Client, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
+import {
+  CancelPaymentResponseSchema,
+  CaptureMethod,
+  CapturePaymentResponseSchema,
+  CreatePaymentResponseSchema,
+  PaymentSchema,
+  PaymentsService,
+  RefundPaymentResponseSchema,
+  RefundSchema,
+  type Payment,
+} from "../gen/paygate/payments/v1/payments_pb.js";
+import type { WalletService } from "../gen/paygate/wallet/v1/wallet_pb.js";
+import { DomainError, failedPrecondition, invalidArgument, notFound } from "../runtime/errors.js";
+import { newId } from "../runtime/ids.js";
+import { money, readMoney, requirePositive } from "../runtime/money.js";
+import { parseDecimal } from "../runtime/decimal.js";
+import { downstream } from "../runtime/upstream.js";
+import { convertMinor } from "../fx/conversion.js";
+import { currencyInfo } from "../runtime/money.js";
+import type { EventFeed } from "./events.js";
+import { IDEMPOTENCY_HEADER, REPLAYED_HEADER, type IdempotencyKeys } from "./idempotency.js";
+import { isFinal, paymentMessage, statusFromProto, type PaymentRecord } from "./payment.js";
+import { reasonOf, type Saga } from "./saga.js";
+import type { PaymentStore } from "./store.js";
+
+export interface PaymentsDeps {
+  store: PaymentStore;
+  saga: Saga;
+  keys: IdempotencyKeys;
+  feed: EventFeed;
+  wallet: Client<typeof WalletService>;
+  upstreamTimeoutMs: number;
+  /** This process's name on the leases it takes. */
+  instanceId: string;
+  leaseMs: number;
+  now: () => Date;
+  /** Aborts when the server drains: streams end. */
+  draining: AbortSignal;
+}
+
+const MAX_METADATA = 20;
+
+export function paymentsService(deps: PaymentsDeps): ServiceImpl<typeof PaymentsService> {
+  const { store, saga, keys, feed } = deps;
+  const call = (ctx: HandlerContext) => downstream(ctx, deps.upstreamTimeoutMs);
+
+  /** Runs a write under the request's Idempotency-Key, marking replays in a response header. */
+  async function idempotent<R>(ctx: HandlerContext, merchantId: string, request: unknown, schema: Parameters<IdempotencyKeys["run"]>[3], fn: () => Promise<R>): Promise<R> {
+    const key = ctx.requestHeader.get(IDEMPOTENCY_HEADER) ?? "";
+    const { response, replayed } = await keys.run(merchantId, key, request, schema, fn as never);
+    if (replayed) ctx.responseHeader.set(REPLAYED_HEADER, "true");
+    return response as R;
+  }
+
+  /** An account from the wallet, as a payment sees it (the field named is the payment's). */
+  async function account(id: string, field: string, ctx: HandlerContext) {
+    if (id === "") throw invalidArgument("MISSING_FIELD", field, `${field} is required`);
+    try {
+      return (await deps.wallet.getAccount({ accountId: id }, call(ctx))).account!;
+    } catch (err) {
+      if (err instanceof ConnectError && err.code === Code.NotFound) throw notFound("ACCOUNT_NOT_FOUND", `${field}: no account ${JSON.stringify(id)}`, field);
+      throw err;
+    }
+  }
+
+  return {
+    async createPayment(req, ctx) {
+      const merchantId = requireMerchant(req.merchantId);
+      const amount = readMoney(req.amount, "amount");
+      requirePositive(amount.amountMinor, "amount");
+      if (req.sourceAccountId !== "" && req.sourceAccountId === req.destinationAccountId) {
+        throw invalidArgument("SAME_ACCOUNT", "destination_account_id", "destination_account_id: must differ from source_account_id");
+      }
+      if (req.settlementCurrency !== "") currencyInfo(req.settlementCurrency, "settlement_currency");
+      const metadata = Object.entries(req.metadata).sort(([a], [b]) => (a < b ? -1 : 1));
+      if (metadata.length > MAX_METADATA) throw invalidArgument("TOO_MUCH_METADATA", "metadata", `metadata: at most ${MAX_METADATA} keys, got ${metadata.length}`);
+      if (req.merchantReference.length > 255) throw invalidArgument("REFERENCE_TOO_LONG", "merchant_reference", "merchant_reference: at most 255 characters");
+      const manual = req.captureMethod === CaptureMethod.MANUAL;
+      const fingerprint = ["create", req.sourceAccountId, req.destinationAccountId, amount, req.settlementCurrency, manual, req.merchantReference, metadata];
+
+      return idempotent(ctx, merchantId, fingerprint, CreatePaymentResponseSchema, async () => {
+        const source = await account(req.sourceAccountId, "source_account_id", ctx);
+        // Another merchant's account is reported exactly like a missing one.
+        if (source.ownerId !== merchantId) throw notFound("ACCOUNT_NOT_FOUND", `source_account_id: no account ${JSON.stringify(source.id)}`, "source_account_id");
+        const destination = await account(req.destinationAccountId, "destination_account_id", ctx);
+        if (source.currency !== amount.currency) {
+          throw invalidArgument("CURRENCY_MISMATCH", "amount.currency", `amount.currency: source account ${source.id} holds ${source.currency}, not ${amount.currency}`);
+        }
+        if (req.settlementCurrency !== "" && req.settlementCurrency !== destination.currency) {
+          throw invalidArgument("CURRENCY_MISMATCH", "settlement_currency", `settlement_currency: destination account ${destination.id} holds ${destination.currency}, not ${req.settlementCurrency}`);
+        }
+        const now = deps.now();
+        let p = await store.create(
+          {
+            id: newId("pay"),
+            merchantId,
+            merchantReference: req.merchantReference,
+            sourceAccountId: source.id,
+            destinationAccountId: destination.id,
+            currency: amount.currency,
+            amountMinor: amount.amountMinor,
+            settlementCurrency: destination.currency,
+            settlementMinor: null,
+            fxRate: null,
+            fxQuoteId: null,
+            captureMethod: manual ? "MANUAL" : "AUTOMATIC",
+            status: "PENDING",
+            capturedMinor: 0n,
+            settlementCapturedMinor: 0n,
+            refundedMinor: 0n,
+            settlementRefundedMinor: 0n,
+            failureReason: "",
+            failureMessage: "",
+            riskDecisionId: "",
+            riskScore: 0,
+            metadata: Object.fromEntries(metadata),
+            createdAt: now,
+            updatedAt: now,
+          },
+          deps.instanceId,
+          deps.leaseMs,
+        );
+        try {
+          p = await saga.run(p, call(ctx));
+        } finally {
+          await store.releaseLease(p.id, deps.instanceId);
+        }
+        return create(CreatePaymentResponseSchema, { payment: paymentMessage(p) });
+      });
+    },
+
+    async getPayment(req) {
+      return { payment: paymentMessage(await store.get(requirePaymentId(req.paymentId), requireMerchant(req.merchantId))) };
+    },
+
+    async listPayments(req) {
+      const merchantId = requireMerchant(req.merchantId);
+      const status = req.status === 0 ? undefined : statusFromProto(req.status);
+      if (req.status !== 0 && !status) throw invalidArgument("INVALID_STATUS", "status", `status: unknown status ${req.status}`);
+      const page = await store.list(merchantId, status, req.pageSize, req.pageToken);
+      return { payments: page.payments.map(paymentMessage), nextPageToken: page.nextPageToken };
+    },
+
+    async capturePayment(req, ctx) {
+      const merchantId = requireMerchant(req.merchantId);
+      const id = requirePaymentId(req.paymentId);
+      const requested = req.amount ? readMoney(req.amount, "amount") : undefined;
+      if (requested) requirePositive(requested.amountMinor, "amount");
+      return idempotent(ctx, merchantId, ["capture", id, requested], CapturePaymentResponseSchema, async () => {
+        const p = await store.get(id, merchantId);
+        requireStatus(p, ["AUTHORIZED"], "captured");
+        if (requested && requested.currency !== p.currency) throw invalidArgument("CURRENCY_MISMATCH", "amount.currency", `amount.currency: payment ${p.id} is in ${p.currency}, not ${requested.currency}`);
+        if (requested && requested.amountMinor > p.amountMinor) {
+          throw failedPrecondition("CAPTURE_EXCEEDS_AUTHORIZED", `amount: ${requested.amountMinor} is more than the ${p.amountMinor} minor units authorized`, "amount");
+        }
+        return create(CapturePaymentResponseSchema, { payment: paymentMessage(await saga.capture(p, requested?.amountMinor, call(ctx))) });
+      });
+    },
+
+    async cancelPayment(req, ctx) {
+      const merchantId = requireMerchant(req.merchantId);
+      const id = requirePaymentId(req.paymentId);
+      return idempotent(ctx, merchantId, ["cancel", id, req.reason], CancelPaymentResponseSchema, async () => {
+        const p = await store.get(id, merchantId);
+        requireStatus(p, ["AUTHORIZED"], "canceled");
+        try {
+          await deps.wallet.release({ holdId: p.id }, call(ctx));
+        } catch (err) {
+          // An expired hold is already released: canceling finishes what expiry began.
+          if (!(err instanceof ConnectError) || reasonOf(err) !== "HOLD_EXPIRED") throw err;
+        }
+        const canceled = await store.transition(p.id, "CANCELED", "payment.canceled", { failureMessage: req.reason });
+        return create(CancelPaymentResponseSchema, { payment: paymentMessage(canceled) });
+      });
+    },
+
+    async refundPayment(req, ctx) {
+      const merchantId = requireMerchant(req.merchantId);
+      const id = requirePaymentId(req.paymentId);
+      const requested = req.amount ? readMoney(req.amount, "amount") : undefined;
+      if (requested) requirePositive(requested.amountMinor, "amount");
+      return idempotent(ctx, merchantId, ["refund", id, requested, req.reason], RefundPaymentResponseSchema, async () => {
+        const p = await store.get(id, merchantId);
+        requireStatus(p, ["CAPTURED", "PARTIALLY_REFUNDED"], "refunded");
+        if (requested && requested.currency !== p.currency) throw invalidArgument("CURRENCY_MISMATCH", "amount.currency", `amount.currency: payment ${p.id} is in ${p.currency}, not ${requested.currency}`);
+        const refundable = p.capturedMinor - p.refundedMinor;
+        const amountMinor = requested?.amountMinor ?? refundable;
+        if (amountMinor > refundable) {
+          throw failedPrecondition("REFUND_EXCEEDS_CAPTURED", `amount: ${amountMinor} is more than the ${refundable} minor units still refundable`, "amount", { refundable_minor: refundable.toString() });
+        }
+        const settlementMinor = refundSettlement(p, amountMinor);
+        // Derived from the payment's refund state: a retry after a crash finds the same transfer.
+        const refundId = `rf_${p.id.slice(4)}_${p.refundedMinor}`;
+        await deps.wallet.transfer(
+          {
+            transferId: refundId,
+            fromAccountId: p.destinationAccountId,
+            toAccountId: p.sourceAccountId,
+            amount: money(p.settlementCurrency, settlementMinor),
+            fx: p.settlementCurrency === p.currency ? undefined : { rate: p.fxRate ?? "", quoteId: p.fxQuoteId ?? "", destinationAmount: money(p.currency, amountMinor) },
+          },
+          call(ctx),
+        );
+        const refund = { id: refundId, paymentId: p.id, amountMinor, settlementMinor, reason: req.reason, createdAt: deps.now() };
+        const refunded = await store.transition(
+          p.id,
+          amountMinor === refundable ? "REFUNDED" : "PARTIALLY_REFUNDED",
+          "payment.refunded",
+          { refundedMinor: p.refundedMinor + amountMinor, settlementRefundedMinor: p.settlementRefundedMinor + settlementMinor },
+          (tx) => store.insertRefund(tx, refund),
+          { refundedMinor: p.refundedMinor },
+        );
+        return create(RefundPaymentResponseSchema, {
+          payment: paymentMessage(refunded),
+          refund: create(RefundSchema, {
+            id: refund.id,
+            paymentId: p.id,
+            amount: money(p.currency, amountMinor),
+            settlementAmount: money(p.settlementCurrency, settlementMinor),
+            reason: refund.reason,
+            createdAt: timestampFromDate(refund.createdAt),
+          }),
+        });
+      });
+    },
+
+    async *watchPayment(req, ctx) {
+      const p = await store.get(requirePaymentId(req.paymentId), requireMerchant(req.merchantId));
+      const since = await store.lastEventSeq();
+      yield { payment: paymentMessage(await store.get(p.id)) };
+      if (isFinal(p.status)) return;
+      for await (const e of feed.follow({ paymentId: p.id }, since, anySignal(ctx.signal, deps.draining))) {
+        const payment = fromBinary(PaymentSchema, e.payment);
+        yield { payment };
+        if (isFinalMessage(payment)) return;
+      }
+    },
+
+    async *streamPaymentEvents(req, ctx) {
+      const merchantId = requireMerchant(req.merchantId);
+      const after = req.afterSequence > 0n ? req.afterSequence : await store.lastEventSeq();
+      for await (const e of feed.follow({ merchantId }, after, anySignal(ctx.signal, deps.draining))) {
+        yield {
+          event: { id: e.id, sequence: e.seq, type: e.type, payment: fromBinary(PaymentSchema, e.payment), occurredAt: timestampFromDate(e.occurredAt) },
+        };
+      }
+    },
+  };
+}
+
+/**
+ * What a refund takes back from the destination, in its currency. Refunds use the payment's
+ * original rate, so the payer gets back exactly what was paid: a partial refund converts at
+ * that rate (half-even) and the refund that completes the payment takes exactly what is
+ * left, so all refunds together return exactly the settled amount.
+ */
+export function refundSettlement(p: PaymentRecord, amountMinor: bigint): bigint {
+  const remaining = p.settlementCapturedMinor - p.settlementRefundedMinor;
+  if (amountMinor === p.capturedMinor - p.refundedMinor) return remaining;
+  if (p.settlementCurrency === p.currency) return amountMinor;
+  const rate = parseDecimal(p.fxRate ?? "", "fx_rate");
+  const converted = convertMinor(amountMinor, currencyInfo(p.currency, "currency").minorUnits, rate, currencyInfo(p.settlementCurrency, "currency").minorUnits, "half_even").convertedMinor;
+  return converted < remaining ? converted : remaining;
+}
+
+function requireMerchant(merchantId: string): string {
+  if (merchantId === "") throw invalidArgument("MISSING_FIELD", "merchant_id", "merchant_id is required");
+  return merchantId;
+}
+
+function requirePaymentId(id: string): string {
+  if (id === "") throw invalidArgument("MISSING_FIELD", "payment_id", "payment_id is required");
+  return id;
+}
+
+function requireStatus(p: PaymentRecord, allowed: PaymentRecord["status"][], verb: string): void {
+  if (!allowed.includes(p.status)) {
+    throw new DomainError("failed_precondition", "INVALID_PAYMENT_STATE", `payment ${p.id} is ${p.status} and cannot be ${verb}`, "payment_id", { status: p.status });
+  }
+}
+
+function isFinalMessage(p: Payment): boolean {
+  const status = statusFromProto(p.status);
+  return status !== undefined && isFinal(status);
+}
+
+function anySignal(...signals: AbortSignal[]): AbortSignal {
+  return AbortSignal.any(signals);
+}

@@ -1,0 +1,279 @@
+// Payments, refunds and events in the database. Every state change is a conditional UPDATE
+// (only from a state that may legally lead to the new one) plus its event, in one transaction.
+import { toBinary } from "@bufbuild/protobuf";
+import { PaymentSchema } from "../gen/paygate/payments/v1/payments_pb.js";
+import type { Database, Queryable } from "../runtime/db.js";
+import { DomainError, failedPrecondition, invalidArgument, notFound } from "../runtime/errors.js";
+import { newId } from "../runtime/ids.js";
+import { paymentMessage, sourcesOf, type PaymentRecord, type Status } from "./payment.js";
+
+interface PaymentRow {
+  id: string;
+  merchant_id: string;
+  merchant_reference: string;
+  source_account_id: string;
+  destination_account_id: string;
+  currency: string;
+  amount_minor: bigint;
+  settlement_currency: string | null;
+  settlement_minor: bigint | null;
+  fx_rate: string | null;
+  fx_quote_id: string | null;
+  capture_method: "AUTOMATIC" | "MANUAL";
+  status: Status;
+  captured_minor: bigint;
+  settlement_captured_minor: bigint;
+  refunded_minor: bigint;
+  settlement_refunded_minor: bigint;
+  failure_reason: string;
+  failure_message: string;
+  risk_decision_id: string;
+  risk_score: number;
+  metadata: Record<string, string> | string;
+  created_at: Date;
+  updated_at: Date;
+}
+
+const fromRow = (r: PaymentRow): PaymentRecord => ({
+  id: r.id,
+  merchantId: r.merchant_id,
+  merchantReference: r.merchant_reference,
+  sourceAccountId: r.source_account_id,
+  destinationAccountId: r.destination_account_id,
+  currency: r.currency,
+  amountMinor: r.amount_minor,
+  settlementCurrency: r.settlement_currency ?? "",
+  settlementMinor: r.settlement_minor,
+  fxRate: r.fx_rate,
+  fxQuoteId: r.fx_quote_id,
+  captureMethod: r.capture_method,
+  status: r.status,
+  capturedMinor: r.captured_minor,
+  settlementCapturedMinor: r.settlement_captured_minor,
+  refundedMinor: r.refunded_minor,
+  settlementRefundedMinor: r.settlement_refunded_minor,
+  failureReason: r.failure_reason,
+  failureMessage: r.failure_message,
+  riskDecisionId: r.risk_decision_id,
+  riskScore: r.risk_score,
+  metadata: typeof r.metadata === "string" ? (JSON.parse(r.metadata) as Record<string, string>) : r.metadata,
+  createdAt: r.created_at,
+  updatedAt: r.updated_at,
+});
+
+/** Columns a state change or saga step may set (camelCase field -> column). */
+const COLUMNS = {
+  settlementCurrency: "settlement_currency",
+  settlementMinor: "settlement_minor",
+  fxRate: "fx_rate",
+  fxQuoteId: "fx_quote_id",
+  capturedMinor: "captured_minor",
+  settlementCapturedMinor: "settlement_captured_minor",
+  refundedMinor: "refunded_minor",
+  settlementRefundedMinor: "settlement_refunded_minor",
+  failureReason: "failure_reason",
+  failureMessage: "failure_message",
+  riskDecisionId: "risk_decision_id",
+  riskScore: "risk_score",
+} as const;
+
+export type PaymentPatch = Partial<Pick<PaymentRecord, keyof typeof COLUMNS>>;
+
+export interface StoredEvent {
+  seq: bigint;
+  id: string;
+  merchantId: string;
+  paymentId: string;
+  type: string;
+  payment: Uint8Array;
+  occurredAt: Date;
+}
+
+export interface RefundRecord {
+  id: string;
+  paymentId: string;
+  amountMinor: bigint;
+  settlementMinor: bigint;
+  reason: string;
+  createdAt: Date;
+}
+
+export class PaymentStore {
+  constructor(
+    private readonly db: Database,
+    private readonly now: () => Date,
+    /** Called after a transaction that wrote events commits (wakes local streams). */
+    private readonly onEvents: () => void,
+  ) {}
+
+  async create(p: PaymentRecord, leaseOwner: string, leaseMs: number): Promise<PaymentRecord> {
+    const created = await this.db.transaction(async (tx) => {
+      const { rows } = await tx.query<PaymentRow>(
+        `INSERT INTO payments (id, merchant_id, merchant_reference, source_account_id, destination_account_id, currency, amount_minor,
+           settlement_currency, capture_method, status, metadata, lease_owner, lease_until, created_at, updated_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'PENDING', $10, $11, $12, $13, $13) RETURNING *`,
+        [p.id, p.merchantId, p.merchantReference, p.sourceAccountId, p.destinationAccountId, p.currency, p.amountMinor,
+          p.settlementCurrency, p.captureMethod, JSON.stringify(p.metadata), leaseOwner, new Date(p.createdAt.getTime() + leaseMs), p.createdAt],
+      );
+      const payment = fromRow(rows[0]!);
+      await this.appendEvent(tx, "payment.created", payment);
+      return payment;
+    });
+    this.onEvents();
+    return created;
+  }
+
+  async get(id: string, merchantId?: string): Promise<PaymentRecord> {
+    const { rows } = await this.db.query<PaymentRow>("SELECT * FROM payments WHERE id = $1", [id]);
+    const row = rows[0];
+    // Another merchant's payment is reported exactly like a missing one.
+    if (!row || (merchantId !== undefined && merchantId !== "" && row.merchant_id !== merchantId)) {
+      throw notFound("PAYMENT_NOT_FOUND", `payment_id: no payment ${JSON.stringify(id)}`, "payment_id");
+    }
+    return fromRow(row);
+  }
+
+  /** Saves saga facts (risk decision, fx quote) without a state change. */
+  async patch(id: string, patch: PaymentPatch): Promise<PaymentRecord> {
+    const { sets, values } = assignments(patch, 2);
+    const { rows } = await this.db.query<PaymentRow>(`UPDATE payments SET ${[...sets, `updated_at = $${values.length + 2}`].join(", ")} WHERE id = $1 RETURNING *`, [
+      id,
+      ...values,
+      this.now(),
+    ]);
+    return fromRow(rows[0]!);
+  }
+
+  /**
+   * Moves a payment to `to` if its current state may lead there, records the event, and
+   * runs `also` in the same transaction (e.g. inserting a refund). A payment already moved
+   * elsewhere is a FAILED_PRECONDITION naming its state.
+   */
+  async transition(
+    id: string,
+    to: Status,
+    event: string,
+    patch: PaymentPatch = {},
+    also?: (tx: Queryable, p: PaymentRecord) => Promise<void>,
+    /** Refunded amount the caller read: a concurrent refund in between makes this one ABORTED. */
+    expect?: { refundedMinor: bigint },
+  ): Promise<PaymentRecord> {
+    const moved = await this.db.transaction(async (tx) => {
+      const { sets, values } = assignments(patch, 5);
+      const { rows } = await tx.query<PaymentRow>(
+        `UPDATE payments SET status = $2, ${[...sets, `updated_at = $${values.length + 5}`].join(", ")}
+         WHERE id = $1 AND status = ANY($3::text[]) AND ($4::bigint IS NULL OR refunded_minor = $4) RETURNING *`,
+        [id, to, sourcesOf(to), expect?.refundedMinor ?? null, ...values, this.now()],
+      );
+      if (!rows[0]) {
+        const current = await tx.query<PaymentRow>("SELECT * FROM payments WHERE id = $1", [id]);
+        const row = current.rows[0];
+        if (!row) throw notFound("PAYMENT_NOT_FOUND", `payment_id: no payment ${JSON.stringify(id)}`, "payment_id");
+        if (expect && row.refunded_minor !== expect.refundedMinor && sourcesOf(to).includes(row.status)) {
+          throw new DomainError("aborted", "CONCURRENT_UPDATE", `payment ${id} changed while this request ran; retry`, "payment_id");
+        }
+        throw failedPrecondition("ILLEGAL_TRANSITION", `payment ${id} is ${row.status} and cannot become ${to}`, "payment_id", { status: row.status });
+      }
+      const payment = fromRow(rows[0]);
+      await also?.(tx, payment);
+      await this.appendEvent(tx, event, payment);
+      return payment;
+    });
+    this.onEvents();
+    return moved;
+  }
+
+  async list(merchantId: string, status: Status | undefined, pageSize: number, pageToken: string): Promise<{ payments: PaymentRecord[]; nextPageToken: string }> {
+    const size = Math.min(Math.max(pageSize || 20, 1), 100);
+    let cursor: { at: Date; id: string } | undefined;
+    if (pageToken !== "") {
+      const [at, id] = Buffer.from(pageToken, "base64url").toString().split("|");
+      if (!at || !id || Number.isNaN(Date.parse(at))) throw invalidArgument("INVALID_PAGE_TOKEN", "page_token", "page_token: not a token this service issued");
+      cursor = { at: new Date(at), id };
+    }
+    const { rows } = await this.db.query<PaymentRow>(
+      `SELECT * FROM payments WHERE merchant_id = $1 AND ($2::text IS NULL OR status = $2)
+         AND ($3::timestamptz IS NULL OR (created_at, id) < ($3, $4))
+       ORDER BY created_at DESC, id DESC LIMIT $5`,
+      [merchantId, status ?? null, cursor?.at ?? null, cursor?.id ?? "", size + 1],
+    );
+    const payments = rows.slice(0, size).map(fromRow);
+    const last = payments[payments.length - 1];
+    const nextPageToken = rows.length > size && last ? Buffer.from(`${last.createdAt.toISOString()}|${last.id}`).toString("base64url") : "";
+    return { payments, nextPageToken };
+  }
+
+  async refunds(paymentId: string): Promise<RefundRecord[]> {
+    const { rows } = await this.db.query<{ id: string; payment_id: string; amount_minor: bigint; settlement_minor: bigint; reason: string; created_at: Date }>(
+      "SELECT * FROM refunds WHERE payment_id = $1 ORDER BY created_at, id",
+      [paymentId],
+    );
+    return rows.map((r) => ({ id: r.id, paymentId: r.payment_id, amountMinor: r.amount_minor, settlementMinor: r.settlement_minor, reason: r.reason, createdAt: r.created_at }));
+  }
+
+  async insertRefund(tx: Queryable, r: RefundRecord): Promise<void> {
+    await tx.query("INSERT INTO refunds (id, payment_id, amount_minor, settlement_minor, reason, created_at) VALUES ($1, $2, $3, $4, $5, $6)", [
+      r.id, r.paymentId, r.amountMinor, r.settlementMinor, r.reason, r.createdAt,
+    ]);
+  }
+
+  /**
+   * Takes over payments whose saga stopped half-way (their lease ran out: the process
+   * driving them died or gave up), leasing them to `owner`. SKIP LOCKED lets several
+   * replicas sweep at once without ever taking the same payment.
+   */
+  async claimStalled(owner: string, leaseMs: number, limit: number): Promise<PaymentRecord[]> {
+    const now = this.now();
+    const { rows } = await this.db.query<PaymentRow>(
+      `UPDATE payments SET lease_owner = $1, lease_until = $2
+       WHERE id IN (
+         SELECT id FROM payments
+         WHERE (status = 'PENDING' OR (status = 'AUTHORIZED' AND capture_method = 'AUTOMATIC'))
+           AND (lease_until IS NULL OR lease_until < $3)
+         ORDER BY created_at LIMIT $4 FOR UPDATE SKIP LOCKED)
+       RETURNING *`,
+      [owner, new Date(now.getTime() + leaseMs), now, limit],
+    );
+    return rows.map(fromRow);
+  }
+
+  async releaseLease(id: string, owner: string): Promise<void> {
+    await this.db.query("UPDATE payments SET lease_owner = NULL, lease_until = NULL WHERE id = $1 AND lease_owner = $2", [id, owner]);
+  }
+
+  async eventsAfter(filter: { merchantId?: string; paymentId?: string }, afterSeq: bigint, limit = 100): Promise<StoredEvent[]> {
+    const { rows } = await this.db.query<{ seq: bigint; id: string; merchant_id: string; payment_id: string; type: string; payment: Uint8Array; occurred_at: Date }>(
+      `SELECT * FROM payment_events WHERE seq > $1 AND ($2::text IS NULL OR merchant_id = $2) AND ($3::text IS NULL OR payment_id = $3) ORDER BY seq LIMIT $4`,
+      [afterSeq, filter.merchantId ?? null, filter.paymentId ?? null, limit],
+    );
+    return rows.map((r) => ({ seq: r.seq, id: r.id, merchantId: r.merchant_id, paymentId: r.payment_id, type: r.type, payment: r.payment, occurredAt: r.occurred_at }));
+  }
+
+  async lastEventSeq(): Promise<bigint> {
+    const { rows } = await this.db.query<{ seq: bigint | null }>("SELECT max(seq) AS seq FROM payment_events");
+    return rows[0]?.seq ?? 0n;
+  }
+
+  private async appendEvent(tx: Queryable, type: string, p: PaymentRecord): Promise<void> {
+    await tx.query("INSERT INTO payment_events (id, merchant_id, payment_id, type, payment, occurred_at) VALUES ($1, $2, $3, $4, $5, $6)", [
+      newId("evt"),
+      p.merchantId,
+      p.id,
+      type,
+      toBinary(PaymentSchema, paymentMessage(p)),
+      p.updatedAt,
+    ]);
+  }
+}
+
+function assignments(patch: PaymentPatch, firstParam: number): { sets: string[]; values: unknown[] } {
+  const sets: string[] = [];
+  const values: unknown[] = [];
+  for (const [field, column] of Object.entries(COLUMNS)) {
+    const value = patch[field as keyof PaymentPatch];
+    if (value === undefined) continue;
+    values.push(value);
+    sets.push(`${column} = $${firstParam + values.length - 1}`);
+  }
+  return { sets, values };
+}
