@@ -8,9 +8,8 @@ import { Code, ConnectError } from "@connectrpc/connect";
 import { ErrorDetailSchema } from "../gen/paygate/common/v1/common_pb.js";
 import type { Database } from "../runtime/db.js";
 import { DomainError, invalidArgument, toConnectError } from "../runtime/errors.js";
+import { IDEMPOTENCY_HEADER } from "../runtime/headers.js";
 
-export const IDEMPOTENCY_HEADER = "idempotency-key";
-export const REPLAYED_HEADER = "idempotent-replayed";
 
 /** Errors worth retrying: the key is freed so a retry runs the request again. */
 const TRANSIENT = new Set([Code.Unavailable, Code.DeadlineExceeded, Code.Canceled, Code.Internal, Code.Unknown, Code.Aborted, Code.ResourceExhausted]);

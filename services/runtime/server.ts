@@ -39,6 +39,8 @@ export interface ServiceSpec {
   adminRoutes?: Record<string, http.RequestListener>;
   /** Interceptors run after the built-in ones. */
   interceptors?: Interceptor[];
+  /** Plain HTTP routes on the RPC port for paths that are not RPCs (the gateway's REST routes). */
+  fallback?: http.RequestListener;
   /** Releases the service's own resources (database, timers) after the servers close. */
   close?: () => Promise<void>;
 }
@@ -46,7 +48,8 @@ export interface ServiceSpec {
 export interface ServerOptions {
   host: string;
   port: number;
-  adminPort: number;
+  /** Separate admin port; when undefined the admin routes are served on `port`. */
+  adminPort?: number | undefined;
   maxRequestBytes: number;
   shutdownTimeoutMs: number;
   drainDelayMs: number;
@@ -69,6 +72,7 @@ export async function startServer(spec: ServiceSpec, opts: ServerOptions): Promi
   const hardStop = new AbortController();
   const health = new HealthStatus();
 
+  const adminRoutes = adminHandler(spec, draining.signal, logger);
   const handler = connectNodeAdapter({
     routes: (router) => {
       spec.routes(router, draining.signal);
@@ -80,6 +84,8 @@ export async function startServer(spec: ServiceSpec, opts: ServerOptions): Promi
     shutdownSignal: hardStop.signal,
     // A typo in a payment request should fail loudly, not be dropped.
     jsonOptions: { ignoreUnknownFields: false },
+    // Non-RPC paths: the admin routes when they share the port, then the service's own.
+    fallback: (opts.adminPort === undefined ? adminRoutes : spec.fallback) as Parameters<typeof connectNodeAdapter>[0]["fallback"],
   });
 
   let inFlight = 0;
@@ -124,11 +130,11 @@ export async function startServer(spec: ServiceSpec, opts: ServerOptions): Promi
   for (const s of spec.services) health.set(s.typeName, ServingStatus.SERVING);
   health.set("", ServingStatus.SERVING);
 
-  const admin = http.createServer(adminHandler(spec, draining.signal, logger));
-  await listen(admin, opts.adminPort, opts.host);
+  const admin = opts.adminPort === undefined ? undefined : http.createServer(adminRoutes);
+  if (admin) await listen(admin, opts.adminPort!, opts.host);
 
   const url = `http://${hostForUrl(tcp)}`;
-  const adminUrl = `http://${hostForUrl(admin)}`;
+  const adminUrl = admin ? `http://${hostForUrl(admin)}` : url;
   logger.info({ url, adminUrl }, `${spec.name} listening`);
 
   let stopping: Promise<void> | undefined;
@@ -154,8 +160,10 @@ export async function startServer(spec: ServiceSpec, opts: ServerOptions): Promi
         await sleep(100);
       }
       for (const s of sockets) s.destroy();
-      await new Promise<void>((r) => admin.close(() => r()));
-      admin.closeAllConnections();
+      if (admin) {
+        await new Promise<void>((r) => admin.close(() => r()));
+        admin.closeAllConnections();
+      }
       await spec.close?.();
       logger.info("stopped");
     })());
@@ -180,6 +188,7 @@ function adminHandler(spec: ServiceSpec, draining: AbortSignal, logger: Logger):
     }
     const extra = spec.adminRoutes?.[path];
     if (extra) return extra(req, res);
+    if (spec.fallback) return spec.fallback(req, res);
     json(res, 404, { error: `no route ${path}` });
   };
 }

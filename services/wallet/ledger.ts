@@ -35,6 +35,7 @@ export interface Hold {
   fxQuoteId: string | null;
   status: HoldStatus;
   capturedMinor: bigint | null;
+  capturedDestinationMinor: bigint | null;
   expiresAt: Date;
   createdAt: Date;
   resolvedAt: Date | null;
@@ -54,6 +55,9 @@ export interface Entry {
 export interface FxTerms {
   rate: string;
   quoteId: string;
+  /** What the destination receives, when the caller fixed it; otherwise amount × rate. */
+  destinationMinor?: bigint | undefined;
+  destinationCurrency?: string | undefined;
 }
 
 /** One leg of a posting: money leaves `from` and reaches `to`, same currency, same amount. */
@@ -74,11 +78,25 @@ export class Ledger {
     private readonly now: () => Date = () => new Date(),
   ) {}
 
-  async openAccount(req: { requestId: string; ownerId: string; currency: string }): Promise<Account> {
+  async openAccount(req: { requestId: string; ownerId: string; currency: string; accountId?: string }): Promise<Account> {
     if (req.ownerId === "") throw invalidArgument("MISSING_FIELD", "owner_id", "owner_id is required");
     currencyInfo(req.currency, "currency");
+    const chosen = req.accountId ?? "";
+    if (chosen !== "" && !/^[A-Za-z0-9_-]{1,64}$/.test(chosen)) {
+      throw invalidArgument("INVALID_ACCOUNT_ID", "account_id", "account_id: 1 to 64 letters, digits, '_' or '-'");
+    }
     return this.db.transaction(async (tx) => {
+      if (chosen !== "") {
+        await lockKey(tx, `account:${chosen}`);
+        const existing = await accountWhere(tx, "id = $1", [chosen]);
+        if (existing) {
+          if (existing.ownerId !== req.ownerId || existing.currency !== req.currency || existing.kind !== "USER") throw reused("account_id", chosen, "another account");
+          return existing;
+        }
+      }
       if (req.requestId !== "") {
+        // A concurrent duplicate waits here, then finds the first one's account.
+        await lockKey(tx, `account:${req.requestId}`);
         const existing = await accountWhere(tx, "request_id = $1", [req.requestId]);
         if (existing) {
           if (existing.ownerId !== req.ownerId || existing.currency !== req.currency) {
@@ -89,7 +107,7 @@ export class Ledger {
       }
       const { rows } = await tx.query<AccountRow>(
         `INSERT INTO accounts (id, owner_id, currency, kind, request_id, created_at) VALUES ($1, $2, $3, 'USER', $4, $5) RETURNING *`,
-        [newId("acc"), req.ownerId, req.currency, req.requestId || null, this.now()],
+        [chosen || newId("acc"), req.ownerId, req.currency, req.requestId || null, this.now()],
       );
       return accountFromRow(rows[0]!);
     });
@@ -138,7 +156,7 @@ export class Ledger {
   }): Promise<Hold> {
     requireId(req.holdId, "hold_id");
     requirePositive(req.amountMinor, "amount");
-    const hash = fingerprint(["reserve", req.accountId, req.destinationAccountId, req.currency, req.amountMinor, req.fx?.rate ?? "", req.fx?.quoteId ?? ""]);
+    const hash = fingerprint(["reserve", req.accountId, req.destinationAccountId, req.currency, req.amountMinor, req.fx?.rate ?? "", req.fx?.quoteId ?? "", req.fx?.destinationMinor ?? ""]);
     return this.db.transaction(async (tx) => {
       await lockKey(tx, `hold:${req.holdId}`);
       const earlier = await holdById(tx, req.holdId);
@@ -153,7 +171,7 @@ export class Ledger {
       const destinationMinor = settle(source.currency, destination.currency, req.amountMinor, req.fx, "fx");
       const reserved = await tx.query(
         `UPDATE accounts SET pending_minor = pending_minor + $2
-         WHERE id = $1 AND (kind <> 'USER' OR posted_minor - pending_minor >= $2)`,
+         WHERE id = $1 AND ($2::bigint IS NOT NULL)`,
         [source.id, req.amountMinor],
       );
       if (reserved.rowCount === 0) {
@@ -188,9 +206,11 @@ export class Ledger {
       }
       // A partial capture of a cross-currency hold converts the captured part at the hold's rate.
       const destinationMinor = captured === hold.amountMinor ? hold.destinationMinor : settle(hold.currency, hold.destinationCurrency, captured, hold.fxRate ? { rate: hold.fxRate, quoteId: "" } : undefined, "fx");
+      // Both user accounts in id order before touching either: A->B and B->A captures must not deadlock.
+      await lockAccounts(tx, [hold.accountId, hold.destinationAccountId]);
       await tx.query("UPDATE accounts SET pending_minor = pending_minor - $2 WHERE id = $1", [hold.accountId, hold.amountMinor]);
       await this.post(tx, `${holdId}:capture`, "capture", fingerprint(["capture", holdId, captured]), await this.legs(tx, hold.accountId, hold.destinationAccountId, hold.currency, captured, hold.destinationCurrency, destinationMinor, "capture"));
-      return this.resolve(tx, holdId, "CAPTURED", captured);
+      return this.resolve(tx, holdId, "CAPTURED", captured, destinationMinor);
     });
   }
 
@@ -231,13 +251,15 @@ export class Ledger {
     requirePositive(req.amountMinor, "amount");
     return this.db.transaction(async (tx) => {
       await lockKey(tx, `transfer:${req.transferId}`);
+      // Both accounts in id order first: A->B and B->A transfers must not deadlock.
+      await lockAccounts(tx, [req.fromAccountId, req.toAccountId]);
       const source = await lockedAccount(tx, req.fromAccountId, "from_account_id");
       const destination = await accountOrFail(tx, req.toAccountId, "to_account_id");
       requireCurrency(source, req.currency, "amount.currency");
       if (source.id === destination.id) throw invalidArgument("SAME_ACCOUNT", "to_account_id", "to_account_id: must differ from from_account_id");
       const destinationMinor = settle(source.currency, destination.currency, req.amountMinor, req.fx, "fx");
       const result = { amountMinor: req.amountMinor, destinationCurrency: destination.currency, destinationMinor };
-      const hash = fingerprint(["transfer", source.id, destination.id, req.currency, req.amountMinor, req.fx?.rate ?? ""]);
+      const hash = fingerprint(["transfer", source.id, destination.id, req.currency, req.amountMinor, req.fx?.rate ?? "", req.fx?.destinationMinor ?? ""]);
       if (await this.replayed(tx, req.transferId, hash)) return result;
       const available = source.postedMinor - source.pendingMinor;
       if (source.kind === "USER" && available < req.amountMinor) throw insufficientFunds(source.id, source.currency, req.amountMinor, available);
@@ -355,8 +377,11 @@ export class Ledger {
     throw failedPrecondition(`HOLD_${hold.status}`, `hold_id: hold ${holdId} is already ${hold.status.toLowerCase()}`, "hold_id", { status: hold.status });
   }
 
-  private async resolve(tx: Queryable, holdId: string, status: HoldStatus, capturedMinor: bigint | null): Promise<Hold> {
-    const { rows } = await tx.query<HoldRow>("UPDATE holds SET status = $2, captured_minor = $3, resolved_at = $4 WHERE id = $1 RETURNING *", [holdId, status, capturedMinor, this.now()]);
+  private async resolve(tx: Queryable, holdId: string, status: HoldStatus, capturedMinor: bigint | null, capturedDestinationMinor: bigint | null = null): Promise<Hold> {
+    const { rows } = await tx.query<HoldRow>(
+      "UPDATE holds SET status = $2, captured_minor = $3, captured_destination_minor = $4, resolved_at = $5 WHERE id = $1 RETURNING *",
+      [holdId, status, capturedMinor, capturedDestinationMinor, this.now()],
+    );
     return holdFromRow(rows[0]!);
   }
 }
@@ -367,10 +392,26 @@ function settle(currency: string, destinationCurrency: string, amountMinor: bigi
     if (fx) throw invalidArgument("FX_NOT_EXPECTED", field, `${field}: both accounts are in ${currency}; no fx settlement applies`);
     return amountMinor;
   }
+  if (fx?.destinationMinor !== undefined) {
+    if (fx.destinationCurrency !== destinationCurrency) {
+      throw invalidArgument("CURRENCY_MISMATCH", `${field}.destination_amount.currency`, `${field}.destination_amount.currency: the destination account holds ${destinationCurrency}, not ${fx.destinationCurrency}`);
+    }
+    if (fx.destinationMinor < 0n) throw invalidArgument("NON_POSITIVE_AMOUNT", `${field}.destination_amount`, `${field}.destination_amount: must not be negative`);
+    return fx.destinationMinor;
+  }
   if (!fx || fx.rate === "") throw invalidArgument("FX_REQUIRED", `${field}.rate`, `${field}.rate: accounts are in ${currency} and ${destinationCurrency}; a rate is required`);
   const rate: Decimal = parseDecimal(fx.rate, `${field}.rate`);
   if (rate.mantissa <= 0n) throw invalidArgument("INVALID_RATE", `${field}.rate`, `${field}.rate: must be positive, got ${formatDecimal(rate)}`);
   return convertMinor(amountMinor, currencyInfo(currency, "currency").minorUnits, rate, currencyInfo(destinationCurrency, "currency").minorUnits, "half_even").convertedMinor;
+}
+
+/**
+ * Row-locks accounts in id order, the order post() updates them in, so transactions touching
+ * the same accounts queue instead of deadlocking. NO KEY UPDATE (what an UPDATE takes) leaves
+ * the foreign-key checks of concurrent inserts (KEY SHARE) unblocked. Missing ids are skipped.
+ */
+async function lockAccounts(tx: Queryable, ids: string[]): Promise<void> {
+  await tx.query("SELECT id FROM accounts WHERE id = ANY($1::text[]) ORDER BY id FOR NO KEY UPDATE", [ids]);
 }
 
 /** Serialises writes that share a caller id, so a concurrent retry sees the first one's result. */
@@ -443,7 +484,7 @@ async function accountOrFail(q: Queryable, id: string, field: string): Promise<A
 
 async function lockedAccount(q: Queryable, id: string, field: string): Promise<Account> {
   if (id === "") throw invalidArgument("MISSING_FIELD", field, `${field} is required`);
-  const { rows } = await q.query<AccountRow>("SELECT * FROM accounts WHERE id = $1 FOR UPDATE", [id]);
+  const { rows } = await q.query<AccountRow>("SELECT * FROM accounts WHERE id = $1 FOR NO KEY UPDATE", [id]);
   if (!rows[0]) throw notFound("ACCOUNT_NOT_FOUND", `${field}: no account ${JSON.stringify(id)}`, field);
   return accountFromRow(rows[0]);
 }
@@ -460,6 +501,7 @@ interface HoldRow {
   fx_quote_id: string | null;
   status: HoldStatus;
   captured_minor: bigint | null;
+  captured_destination_minor: bigint | null;
   request_hash: string;
   expires_at: Date;
   created_at: Date;
@@ -478,6 +520,7 @@ const holdFromRow = (r: HoldRow): Hold => ({
   fxQuoteId: r.fx_quote_id,
   status: r.status,
   capturedMinor: r.captured_minor,
+  capturedDestinationMinor: r.captured_destination_minor,
   expiresAt: r.expires_at,
   createdAt: r.created_at,
   resolvedAt: r.resolved_at,

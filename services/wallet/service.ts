@@ -113,7 +113,8 @@ export function walletService(deps: WalletDeps): ServiceImpl<typeof WalletServic
 }
 
 function fxTerms(fx: FxSettlement | undefined): FxTerms | undefined {
-  return fx && (fx.rate !== "" || fx.quoteId !== "") ? { rate: fx.rate, quoteId: fx.quoteId } : undefined;
+  if (!fx || (fx.rate === "" && fx.quoteId === "" && !fx.destinationAmount)) return undefined;
+  return { rate: fx.rate, quoteId: fx.quoteId, destinationMinor: fx.destinationAmount?.amountMinor, destinationCurrency: fx.destinationAmount?.currency };
 }
 
 function accountMessage(a: Account) {
@@ -140,6 +141,7 @@ function holdMessage(h: Hold) {
     fx: h.fxRate ? { rate: h.fxRate, quoteId: h.fxQuoteId ?? "" } : undefined,
     status: holdStatuses[h.status],
     capturedAmount: optionalMoney(h.currency, h.capturedMinor),
+    capturedDestinationAmount: optionalMoney(h.destinationCurrency, h.capturedDestinationMinor),
     expiresAt: timestampFromDate(h.expiresAt),
     createdAt: timestampFromDate(h.createdAt),
     resolvedAt: h.resolvedAt ? timestampFromDate(h.resolvedAt) : undefined,

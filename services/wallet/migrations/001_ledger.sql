@@ -53,12 +53,15 @@ CREATE TABLE holds (
   fx_quote_id            text,
   status                 text NOT NULL CHECK (status IN ('PENDING', 'CAPTURED', 'RELEASED', 'EXPIRED')),
   captured_minor         bigint CHECK (captured_minor >= 0 AND captured_minor <= amount_minor),
+  -- What the destination received on capture, in its currency.
+  captured_destination_minor bigint CHECK (captured_destination_minor >= 0),
   request_hash           text NOT NULL,
   expires_at             timestamptz NOT NULL,
   created_at             timestamptz NOT NULL,
   resolved_at            timestamptz,
   CHECK ((status = 'PENDING') = (resolved_at IS NULL)),
-  CHECK ((status = 'CAPTURED') = (captured_minor IS NOT NULL))
+  CHECK ((status = 'CAPTURED') = (captured_minor IS NOT NULL)),
+  CHECK ((captured_minor IS NULL) = (captured_destination_minor IS NULL))
 );
 
 CREATE INDEX holds_pending_expiry ON holds (expires_at) WHERE status = 'PENDING';
