@@ -23,6 +23,9 @@ const duration = z.string().regex(DURATION, 'expected a duration such as "30s", 
   return Number(n) * UNIT_MS[unit as keyof typeof UNIT_MS];
 });
 const points = z.number().int().min(0).max(99);
+// A threshold of 0 would review or decline a payment no rule fired on (a decision without a
+// reason), and would make shadow mode enforce: thresholds start at 1.
+const threshold = z.number().int().min(1).max(99);
 const shadow = z.boolean().default(false);
 const decimalText = z.string().regex(/^\d+(\.\d+)?$/, 'expected a decimal string such as "1000.00"');
 
@@ -32,7 +35,7 @@ const ruleFileSchema = z
     baseCurrency: z.string(),
     mode: z.enum(["enforce", "shadow"]).default("enforce"),
     fxUnavailable: z.enum(["closed", "open"]).default("closed"),
-    thresholds: z.object({ review: points, decline: points }).strict(),
+    thresholds: z.object({ review: threshold, decline: threshold }).strict(),
     lists: z
       .object({ blockedAccounts: z.array(z.string()).default([]), allowedAccounts: z.array(z.string()).default([]) })
       .strict()
@@ -104,7 +107,8 @@ export function loadRuleSet(file: URL | string = DEFAULT_RULES_FILE): RuleSet {
 }
 
 export function parseRuleSet(text: string, name = "rules"): RuleSet {
-  const parsed = ruleFileSchema.safeParse(parseYaml(text));
+  // A YAML syntax error (or a duplicated key) is a bad rules file like any other.
+  const parsed = ruleFileSchema.safeParse(toConfig(() => parseYaml(text) as unknown, name));
   if (!parsed.success) {
     const lines = parsed.error.issues.map((i) => `  ${i.path.join(".") || "(root)"}: ${i.message}`);
     throw new ConfigError(`invalid risk rules in ${name}:\n${lines.join("\n")}`);

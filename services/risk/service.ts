@@ -33,16 +33,22 @@ export function riskService(deps: RiskDeps): ServiceImpl<typeof RiskService> {
   /** The amount in the base currency, or undefined when fx cannot be reached. */
   async function baseAmount(currency: string, amountMinor: bigint, ctx: HandlerContext): Promise<bigint | undefined> {
     if (currency === rules.baseCurrency) return amountMinor;
+    const options = downstream(ctx, deps.upstreamTimeoutMs);
+    // Read after `options` (it only shrinks): fx got all the time our caller has left, so fx
+    // running out of it is our caller's deadline.
+    const callerRemainingMs = ctx.timeoutMs();
+    const boundByCaller = callerRemainingMs !== undefined && (options.timeoutMs ?? Infinity) >= callerRemainingMs;
     try {
-      const res = await deps.fx.convert(
-        { source: { case: "amount", value: money(currency, amountMinor) }, toCurrency: rules.baseCurrency },
-        downstream(ctx, deps.upstreamTimeoutMs),
-      );
-      return res.converted?.amountMinor ?? 0n;
+      const res = await deps.fx.convert({ source: { case: "amount", value: money(currency, amountMinor) }, toCurrency: rules.baseCurrency }, options);
+      if (!res.converted) throw new Error("fx returned a conversion without a converted amount");
+      return res.converted.amountMinor;
     } catch (err) {
       const unreachable = err instanceof ConnectError && (err.code === Code.Unavailable || err.code === Code.DeadlineExceeded);
-      // Our own caller giving up is not fx being down: no decision is recorded then.
-      if (!unreachable || ctx.signal.aborted) throw err;
+      // Our own caller giving up is not fx being down: no decision is recorded then. The
+      // downstream timer and our own deadline timer expire together and either may fire
+      // first, so a DEADLINE_EXCEEDED under the caller's deadline counts as the caller's.
+      const callerGaveUp = ctx.signal.aborted || (boundByCaller && err instanceof ConnectError && err.code === Code.DeadlineExceeded);
+      if (!unreachable || callerGaveUp) throw err;
       return undefined;
     }
   }
@@ -59,7 +65,10 @@ export function riskService(deps: RiskDeps): ServiceImpl<typeof RiskService> {
         const raced = await tx.byPayment(input.paymentId);
         if (raced) return sameRequest(raced, requestHash);
         const now = deps.now();
-        const openedAt = input.accountOpenedAt ?? (await tx.firstSeen(input.accountId, now));
+        // Risk sees the account now even when this caller says when it was opened: a later
+        // payment without account_opened_at must not take the account for a new one.
+        const firstSeen = await tx.firstSeen(input.accountId, now);
+        const openedAt = input.accountOpenedAt ?? firstSeen;
         const windows = [];
         for (const r of rules.velocity) windows.push(await tx.window(input.accountId, new Date(now.getTime() - r.windowMs)));
         const result = evaluate(rules, {
