@@ -49,6 +49,8 @@ async function openPostgres(url: string, schema: string, max: number): Promise<D
   const admin = new pg.Client({ connectionString: url });
   await admin.connect();
   try {
+    // Replicas starting together would race on CREATE SCHEMA: one at a time (released by end()).
+    await admin.query("SELECT pg_advisory_lock(hashtext('paygate.create_schema'))");
     await admin.query(`CREATE SCHEMA IF NOT EXISTS ${schema}`);
   } finally {
     await admin.end();

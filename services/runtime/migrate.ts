@@ -1,6 +1,7 @@
-// Versioned, forward-only schema migrations: `NNN_name.sql` files applied in order, each in
-// its own transaction, recorded with a checksum so an edited migration is caught instead of
-// silently diverging. An advisory lock keeps replicas starting together from racing.
+// Versioned, forward-only schema migrations: `NNN_name.sql` files applied in order, all
+// pending ones in one transaction (a failure leaves the schema as it was), each recorded with
+// a checksum so an edited migration is caught instead of silently diverging. An advisory lock
+// keeps replicas starting together from racing.
 import { createHash } from "node:crypto";
 import { readdirSync, readFileSync } from "node:fs";
 import path from "node:path";
@@ -16,13 +17,13 @@ export async function migrate(db: Database, dir: string): Promise<MigrationResul
   const files = readdirSync(dir)
     .filter((f) => FILE_PATTERN.test(f))
     .sort();
-  await db.query(`CREATE TABLE IF NOT EXISTS schema_migrations (
-    version text PRIMARY KEY,
-    checksum text NOT NULL,
-    applied_at timestamptz NOT NULL DEFAULT now())`);
   return db.transaction(async (tx) => {
     // Transaction-scoped: released at commit, whichever replica got it first.
     await tx.query("SELECT pg_advisory_xact_lock(hashtext(current_schema()))");
+    await tx.query(`CREATE TABLE IF NOT EXISTS schema_migrations (
+      version text PRIMARY KEY,
+      checksum text NOT NULL,
+      applied_at timestamptz NOT NULL DEFAULT now())`);
     const done = new Map(
       (await tx.query<{ version: string; checksum: string }>("SELECT version, checksum FROM schema_migrations")).rows.map((r) => [r.version, r.checksum]),
     );
