@@ -1,0 +1,506 @@
+// RiskService end to end in-process: the real handlers behind a router transport, a real
+// database (PGlite always; PostgreSQL too when TEST_DATABASE_URL is set), a clock the test
+// moves, and fx either real (in-process, rates frozen at the reference snapshot) or down.
+import { randomUUID } from "node:crypto";
+import { fileURLToPath } from "node:url";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { timestampDate, timestampFromDate } from "@bufbuild/protobuf/wkt";
+import { Code, ConnectError, createClient, createRouterTransport, type Client, type Interceptor, type ServiceImpl, type Transport } from "@connectrpc/connect";
+import { ErrorDetailSchema, type ErrorDetail } from "../../services/gen/paygate/common/v1/common_pb.js";
+import { FxService } from "../../services/gen/paygate/fx/v1/fx_pb.js";
+import { Outcome, RiskService, type Decision, type ScoreRequest } from "../../services/gen/paygate/risk/v1/risk_pb.js";
+import { loadReferenceSnapshot, SimulatedMarket } from "../../services/fx/market.js";
+import { QuoteStore } from "../../services/fx/quotes.js";
+import { fxService } from "../../services/fx/service.js";
+import { parseRuleSet, type RuleSet } from "../../services/risk/rules.js";
+import { riskService } from "../../services/risk/service.js";
+import { DecisionStore } from "../../services/risk/store.js";
+import { openDatabase, type Database } from "../../services/runtime/db.js";
+import { errorMapping } from "../../services/runtime/interceptors.js";
+import { createLogger } from "../../services/runtime/logger.js";
+import { migrate } from "../../services/runtime/migrate.js";
+import { money } from "../../services/runtime/money.js";
+import { storageBackends, testDatabases } from "../support/postgres.js";
+import { stringify } from "yaml";
+
+type ScoreInit = Omit<ScoreRequest, "$typeName" | "$unknown">;
+type Doc = Record<string, unknown>;
+
+const HOUR = 3_600_000;
+const DAY = 24 * HOUR;
+const T0 = Date.parse("2030-03-01T12:00:00.000Z");
+const LONG_AGO = timestampFromDate(new Date("2020-01-01T00:00:00Z"));
+const logger = createLogger("risk-test", "silent");
+const routerOptions = { router: { interceptors: [errorMapping(logger)] } };
+
+const uid = () => randomUUID().replaceAll("-", "").slice(0, 12);
+
+class Clock {
+  constructor(public t = T0) {}
+  readonly now = () => new Date(this.t);
+  advance(ms: number) {
+    this.t += ms;
+  }
+}
+
+/** A rules file for one test: the given rules, nothing else. */
+function rulesYaml(over: Doc = {}): string {
+  return stringify({ version: "svc-1", baseCurrency: "USD", thresholds: { review: 50, decline: 80 }, rules: {}, ...over });
+}
+
+const codes = (d: Decision | undefined) => (d?.reasons ?? []).map((r) => r.code);
+
+async function rpcError(call: Promise<unknown>): Promise<{ code: Code; detail: ErrorDetail | undefined; message: string }> {
+  try {
+    await call;
+  } catch (err) {
+    expect(err).toBeInstanceOf(ConnectError);
+    const e = err as ConnectError;
+    return { code: e.code, detail: e.findDetails(ErrorDetailSchema)[0], message: e.rawMessage };
+  }
+  throw new Error("expected the call to fail, it succeeded");
+}
+
+// fx, real and in-process: rates frozen at the reference snapshot (no ticking).
+let fxDb: Database;
+let fxImpl: ReturnType<typeof fxService>;
+/** The fx client tests use to compute what risk should have got. */
+let fxDirect: Client<typeof FxService>;
+
+beforeAll(async () => {
+  fxDb = await openDatabase({ dataDir: "memory://", schema: "fx" });
+  await migrate(fxDb, fileURLToPath(new URL("../../services/fx/migrations", import.meta.url)));
+  const market = new SimulatedMarket(loadReferenceSnapshot(), { tickMs: 0, maxStepBps: 0, maxDriftBps: 0 });
+  fxImpl = fxService({
+    market,
+    quotes: new QuoteStore(fxDb),
+    spreadBps: 30,
+    defaultQuoteTtlMs: 30_000,
+    maxQuoteTtlMs: 3_600_000,
+    now: () => new Date(),
+    draining: new AbortController().signal,
+  });
+  fxDirect = createClient(FxService, createRouterTransport((r) => r.service(FxService, fxImpl), routerOptions));
+});
+
+afterAll(async () => {
+  await fxDb?.close();
+});
+
+async function usdOf(currency: string, amountMinor: bigint): Promise<bigint> {
+  const res = await fxDirect.convert({ source: { case: "amount", value: money(currency, amountMinor) }, toCurrency: "USD" });
+  expect(res.converted?.currency).toBe("USD");
+  return res.converted!.amountMinor;
+}
+
+describe.each(storageBackends())("risk service on $name", (backend) => {
+  const dbs = testDatabases(backend, "risk_service");
+  let store: DecisionStore;
+
+  beforeAll(async () => {
+    const db = await dbs.open(dbs.newSchema());
+    const { applied } = await migrate(db, fileURLToPath(new URL("../../services/risk/migrations", import.meta.url)));
+    expect(applied).toContain("001_decisions.sql");
+    store = new DecisionStore(db);
+  });
+
+  afterAll(async () => {
+    await dbs.cleanup();
+  });
+
+  interface Harness {
+    risk: Client<typeof RiskService>;
+    rules: RuleSet;
+    clock: Clock;
+    /** Calls risk made to fx so far. */
+    fxCalls(): number;
+    /** Score with defaults filled in (a fresh payment id, an old account, USD). */
+    score(over?: Partial<ScoreInit>, options?: { timeoutMs?: number }): Promise<Decision>;
+  }
+
+  function harness(opts: { rules?: Doc | string; fx?: "real" | "down" | Partial<ServiceImpl<typeof FxService>> } = {}): Harness {
+    const rules = parseRuleSet(typeof opts.rules === "string" ? opts.rules : rulesYaml(opts.rules), "test rules");
+    const clock = new Clock();
+    let calls = 0;
+    const counting: Interceptor = (next) => (req) => {
+      calls++;
+      return next(req);
+    };
+    const fx = opts.fx ?? "real";
+    const down: Partial<ServiceImpl<typeof FxService>> = {
+      convert() {
+        throw new ConnectError("down", Code.Unavailable);
+      },
+    };
+    const fxTransport: Transport = createRouterTransport((r) => r.service(FxService, fx === "real" ? fxImpl : fx === "down" ? down : fx), {
+      router: { interceptors: [counting, errorMapping(logger)] },
+    });
+    const risk = createClient(
+      RiskService,
+      createRouterTransport(
+        (r) =>
+          r.service(RiskService, riskService({ rules, store, fx: createClient(FxService, fxTransport), upstreamTimeoutMs: 5_000, now: clock.now })),
+        routerOptions,
+      ),
+    );
+    const account = `acc_${uid()}`;
+    return {
+      risk,
+      rules,
+      clock,
+      fxCalls: () => calls,
+      async score(over = {}, options = {}) {
+        const res = await risk.score(
+          {
+          paymentId: `pay_${uid()}`,
+          accountId: account,
+          destinationAccountId: "acc_merchant",
+          merchantId: "m_1",
+          amount: money("USD", 1_000n),
+          accountOpenedAt: LONG_AGO,
+          ...over,
+          },
+          options,
+        );
+        expect(res.decision).toBeDefined();
+        return res.decision!;
+      },
+    };
+  }
+
+  describe("decisions", () => {
+    it("Score records a decision, retrievable by decision_id and by payment_id, with the rules version", async () => {
+      const h = harness({ rules: { rules: { amount: [{ over: "100.00", points: 20 }], currencyMismatch: { points: 15 } } } });
+      const paymentId = `pay_${uid()}`;
+      const d = await h.score({ paymentId, accountId: "acc_rec_" + uid(), amount: money("USD", 12_345n), accountCurrency: "USD", merchantId: "m_42" });
+      expect(d.id).toMatch(/^rd_[0-9a-f]{32}$/);
+      expect(d).toMatchObject({
+        paymentId,
+        merchantId: "m_42",
+        amount: { currency: "USD", amountMinor: 12_345n },
+        baseAmount: { currency: "USD", amountMinor: 12_345n },
+        score: 20,
+        outcome: Outcome.APPROVE,
+        shadowScore: 20,
+        shadowOutcome: Outcome.APPROVE,
+        rulesVersion: h.rules.version,
+      });
+      expect(d.rulesVersion).toMatch(/^svc-1\+[0-9a-f]{8}$/);
+      expect(d.reasons.map((r) => ({ code: r.code, points: r.points, shadow: r.shadow }))).toEqual([{ code: "AMOUNT_OVER_THRESHOLD", points: 20, shadow: false }]);
+      expect(timestampDate(d.createdAt!).getTime()).toBe(T0);
+
+      h.clock.advance(HOUR);
+      const byId = await h.risk.getDecision({ key: { case: "decisionId", value: d.id } });
+      const byPayment = await h.risk.getDecision({ key: { case: "paymentId", value: paymentId } });
+      expect(byId.decision).toEqual(d);
+      expect(byPayment.decision).toEqual(d);
+    });
+
+    it("a REVIEW and a DECLINE are recorded like an APPROVE", async () => {
+      const h = harness({ rules: { rules: { amount: [{ over: "100.00", points: 50 }, { over: "1000.00", points: 30 }] } } });
+      const review = await h.score({ amount: money("USD", 10_001n) });
+      const decline = await h.score({ amount: money("USD", 100_001n) });
+      expect([review.outcome, review.score]).toEqual([Outcome.REVIEW, 50]);
+      expect([decline.outcome, decline.score]).toEqual([Outcome.DECLINE, 80]);
+      expect((await h.risk.getDecision({ key: { case: "paymentId", value: decline.paymentId } })).decision?.outcome).toBe(Outcome.DECLINE);
+    });
+
+    it("per-rule shadow and shadow mode are recorded with their shadow score and outcome", async () => {
+      const shadowRule = harness({ rules: { rules: { amount: [{ over: "1.00", points: 85, shadow: true }] } } });
+      const a = await shadowRule.score();
+      expect(a).toMatchObject({ score: 0, outcome: Outcome.APPROVE, shadowScore: 85, shadowOutcome: Outcome.DECLINE });
+      expect(a.reasons.map((r) => [r.code, r.shadow])).toEqual([["AMOUNT_OVER_THRESHOLD", true]]);
+      const shadowMode = harness({ rules: { mode: "shadow", lists: { blockedAccounts: ["acc_blocked_svc"] } } });
+      const b = await shadowMode.score({ accountId: "acc_blocked_svc" });
+      expect(b).toMatchObject({ score: 0, outcome: Outcome.APPROVE, shadowScore: 99, shadowOutcome: Outcome.DECLINE });
+      expect((await shadowMode.risk.getDecision({ key: { case: "decisionId", value: b.id } })).decision).toEqual(b);
+    });
+
+    it("the same payment_id with the same request returns the same decision and counts once in velocity", async () => {
+      const h = harness({ rules: { rules: { velocity: [{ window: "1h", maxCount: 2, points: 60 }] } } });
+      const first: Partial<ScoreInit> = { paymentId: `pay_${uid()}`, amount: money("USD", 5_000n) };
+      const d1 = await h.score(first);
+      h.clock.advance(1_000);
+      const again = await h.score(first);
+      const concurrent = await Promise.all([1, 2, 3, 4].map(() => h.score(first)));
+      for (const d of [again, ...concurrent]) expect(d).toEqual(d1);
+      // Only one decision for the payment so far: the second payment is the 2nd, not the 6th.
+      h.clock.advance(1_000);
+      expect(codes(await h.score())).toEqual([]);
+      expect(codes(await h.score())).toEqual(["VELOCITY_COUNT"]);
+    });
+
+    it("the same payment_id with other content is ALREADY_EXISTS PAYMENT_ALREADY_SCORED", async () => {
+      const h = harness();
+      const paymentId = `pay_${uid()}`;
+      const d = await h.score({ paymentId, amount: money("USD", 5_000n) });
+      for (const other of [{ amount: money("USD", 5_001n) }, { amount: money("EUR", 5_000n) }, { merchantId: "m_other" }, { destinationAccountId: "acc_else" }]) {
+        const err = await rpcError(h.score({ paymentId, amount: money("USD", 5_000n), ...other }));
+        expect(err.code).toBe(Code.AlreadyExists);
+        expect(err.detail).toMatchObject({ reason: "PAYMENT_ALREADY_SCORED", field: "payment_id" });
+      }
+      // Another account scoring the same payment id is refused too.
+      expect((await rpcError(h.score({ paymentId, accountId: "acc_someone_else", amount: money("USD", 5_000n) }))).code).toBe(Code.AlreadyExists);
+      expect((await h.risk.getDecision({ key: { case: "paymentId", value: paymentId } })).decision).toEqual(d);
+    });
+
+    it("concurrent requests for one payment with different content: one decision, the others ALREADY_EXISTS", async () => {
+      const h = harness();
+      const paymentId = `pay_${uid()}`;
+      const results = await Promise.allSettled([1n, 2n, 3n, 4n, 5n].map((n) => h.score({ paymentId, amount: money("USD", 1_000n + n) })));
+      const won = results.filter((r): r is PromiseFulfilledResult<Decision> => r.status === "fulfilled");
+      expect(won).toHaveLength(1);
+      for (const r of results) {
+        if (r.status === "rejected") expect(ConnectError.from(r.reason).code).toBe(Code.AlreadyExists);
+      }
+      expect((await h.risk.getDecision({ key: { case: "paymentId", value: paymentId } })).decision).toEqual(won[0]!.value);
+    });
+  });
+
+  describe("velocity", () => {
+    it("count: a payment exactly one window after the earlier one is outside the sliding window", async () => {
+      const rules = { rules: { velocity: [{ window: "1m", maxCount: 1, points: 60 }] } };
+      const inside = harness({ rules });
+      expect(codes(await inside.score())).toEqual([]);
+      inside.clock.advance(59_999);
+      const second = await inside.score();
+      expect(codes(second)).toEqual(["VELOCITY_COUNT"]);
+      expect(second.outcome).toBe(Outcome.REVIEW);
+
+      const outside = harness({ rules });
+      expect(codes(await outside.score())).toEqual([]);
+      outside.clock.advance(60_000);
+      expect(codes(await outside.score())).toEqual([]);
+    });
+
+    it("count over successive payments as the clock advances: old payments drop out", async () => {
+      const h = harness({ rules: { rules: { velocity: [{ window: "1m", maxCount: 3, points: 40 }] } } });
+      const plan: [seconds: number, fires: boolean][] = [
+        [0, false],
+        [10, false],
+        [20, false], // 3 in the window: reached, not exceeded
+        [30, true], // 4
+        [65, true], // window (5s, 65s]: 10, 20, 30 and this one
+        [100, false], // window (40s, 100s]: 65 and this one
+        [101, false],
+        [102, true],
+      ];
+      const seen: [number, boolean][] = [];
+      for (const [s] of plan) {
+        h.clock.t = T0 + s * 1000;
+        seen.push([s, codes(await h.score()).includes("VELOCITY_COUNT")]);
+      }
+      expect(seen).toEqual(plan);
+    });
+
+    it("velocity is per account", async () => {
+      const rules = { rules: { velocity: [{ window: "1h", maxCount: 1, points: 60 }] } };
+      const a = harness({ rules });
+      expect(codes(await a.score())).toEqual([]);
+      expect(codes(await a.score({ accountId: `acc_${uid()}` }))).toEqual([]);
+      expect(codes(await a.score())).toEqual(["VELOCITY_COUNT"]);
+    });
+
+    it("sum: EUR, JPY and KWD payments are normalised to USD through fx and summed in USD", async () => {
+      const h = harness({ rules: { rules: { velocity: [{ window: "1h", maxSum: "1000.00", points: 60 }] } } });
+      const payments = [money("EUR", 200_00n), money("JPY", 30_000n), money("KWD", 80_000n)];
+      let sum = 0n;
+      for (const amount of payments) {
+        h.clock.advance(60_000);
+        const expected = await usdOf(amount.currency, amount.amountMinor);
+        expect(expected).toBeGreaterThan(0n);
+        const d = await h.score({ amount });
+        expect(d.amount).toMatchObject({ currency: amount.currency, amountMinor: amount.amountMinor });
+        expect(d.baseAmount).toMatchObject({ currency: "USD", amountMinor: expected });
+        expect(codes(d)).toEqual([]);
+        sum += expected;
+      }
+      expect(h.fxCalls()).toBe(3);
+      expect(sum).toBeLessThan(1000_00n);
+      // Up to exactly the maximum passes; one cent more fires.
+      expect(codes(await h.score({ amount: money("USD", 1000_00n - sum) }))).toEqual([]);
+      const over = await h.score({ amount: money("USD", 1n) });
+      expect(codes(over)).toEqual(["VELOCITY_SUM"]);
+      expect(over.outcome).toBe(Outcome.REVIEW);
+      // The window now holds the maximum plus one cent. An hour after the first payment, that
+      // payment has left the window: its USD value less one cent fits again, exactly.
+      h.clock.t = T0 + 60_000 + HOUR;
+      const first = await usdOf("EUR", 200_00n);
+      expect(codes(await h.score({ amount: money("USD", first - 1n) }))).toEqual([]);
+      expect(codes(await h.score({ amount: money("USD", 1n) }))).toEqual(["VELOCITY_SUM"]);
+    });
+
+    it("amount thresholds compare the USD value, not the nominal amount", async () => {
+      const h = harness({ rules: { rules: { amount: [{ over: "100.00", points: 20 }] } } });
+      // 100.00 EUR is more than 100.00 USD; 10 000 JPY is less.
+      expect(await usdOf("EUR", 100_00n)).toBeGreaterThan(100_00n);
+      expect(codes(await h.score({ amount: money("EUR", 100_00n) }))).toEqual(["AMOUNT_OVER_THRESHOLD"]);
+      expect(await usdOf("JPY", 10_000n)).toBeLessThanOrEqual(100_00n);
+      expect(codes(await h.score({ amount: money("JPY", 10_000n) }))).toEqual([]);
+    });
+  });
+
+  describe("new account and currency mismatch", () => {
+    const rules = { rules: { newAccount: { maxAge: "24h", points: 10 } } };
+
+    it("by account_opened_at: younger than maxAge fires, exactly maxAge old does not", async () => {
+      const h = harness({ rules });
+      const openedAgo = (ms: number) => timestampFromDate(new Date(T0 - ms));
+      expect(codes(await h.score({ accountOpenedAt: openedAgo(HOUR) }))).toEqual(["NEW_ACCOUNT"]);
+      expect(codes(await h.score({ accountOpenedAt: openedAgo(DAY - 1) }))).toEqual(["NEW_ACCOUNT"]);
+      expect(codes(await h.score({ accountOpenedAt: openedAgo(DAY) }))).toEqual([]);
+    });
+
+    it("without account_opened_at, by when risk first saw the account", async () => {
+      const h = harness({ rules });
+      const first = await h.score({ accountOpenedAt: undefined });
+      expect(codes(first)).toEqual(["NEW_ACCOUNT"]);
+      h.clock.advance(DAY - 1);
+      expect(codes(await h.score({ accountOpenedAt: undefined }))).toEqual(["NEW_ACCOUNT"]);
+      h.clock.advance(1);
+      expect(codes(await h.score({ accountOpenedAt: undefined }))).toEqual([]);
+    });
+
+    it("an account first scored with account_opened_at is seen from then on", async () => {
+      const h = harness({ rules });
+      expect(codes(await h.score())).toEqual([]); // opened long ago
+      h.clock.advance(DAY);
+      // Risk has known this account for a day: not new, even though this caller gives no date.
+      expect(codes(await h.score({ accountOpenedAt: undefined }))).toEqual([]);
+    });
+
+    it("currency mismatch: a payment in another currency than the account's", async () => {
+      const h = harness({ rules: { rules: { currencyMismatch: { points: 15 } } } });
+      const d = await h.score({ amount: money("EUR", 10_00n), accountCurrency: "USD" });
+      expect(d.reasons.map((r) => [r.code, r.points])).toEqual([["CURRENCY_MISMATCH", 15]]);
+      expect(d.reasons[0]?.message).toContain("EUR");
+      expect(codes(await h.score({ amount: money("EUR", 10_00n), accountCurrency: "EUR" }))).toEqual([]);
+      expect(codes(await h.score({ amount: money("EUR", 10_00n), accountCurrency: "" }))).toEqual([]);
+    });
+  });
+
+  describe("fx unreachable", () => {
+    const rules = { rules: { amount: [{ over: "1.00", points: 90 }], velocity: [{ window: "1h", maxCount: 1, points: 60 }, { window: "1h", maxSum: "1.00", points: 90 }] } };
+
+    it("fails closed by default: DECLINE with FX_UNAVAILABLE, and the decision is persisted", async () => {
+      const h = harness({ rules, fx: "down" });
+      expect(h.rules.failClosedWithoutFx).toBe(true);
+      const d = await h.score({ amount: money("EUR", 10_00n) });
+      expect(h.fxCalls()).toBeGreaterThanOrEqual(1);
+      expect(d).toMatchObject({ score: 99, outcome: Outcome.DECLINE });
+      expect(d.baseAmount).toBeUndefined();
+      expect(d.reasons[0]).toMatchObject({ code: "FX_UNAVAILABLE", points: 99, shadow: false });
+      expect((await h.risk.getDecision({ key: { case: "paymentId", value: d.paymentId } })).decision).toEqual(d);
+    });
+
+    it("fails open when the rules say so: not declined for it, amount and sum rules skipped, count rules apply", async () => {
+      const h = harness({ rules: { fxUnavailable: "open", ...rules }, fx: "down" });
+      const first = await h.score({ amount: money("EUR", 5_000_00n) });
+      expect(first.reasons.map((r) => [r.code, r.points])).toEqual([["FX_UNAVAILABLE", 0]]);
+      expect(first).toMatchObject({ score: 0, outcome: Outcome.APPROVE });
+      expect(first.baseAmount).toBeUndefined();
+      const second = await h.score({ amount: money("EUR", 5_000_00n) });
+      expect(second.reasons.map((r) => [r.code, r.points])).toEqual([
+        ["FX_UNAVAILABLE", 0],
+        ["VELOCITY_COUNT", 60],
+      ]);
+      expect(second.outcome).toBe(Outcome.REVIEW);
+    });
+
+    it("a payment in the base currency needs no fx, even with fx down", async () => {
+      const h = harness({ rules, fx: "down" });
+      const d = await h.score({ amount: money("USD", 50_00n) });
+      expect(h.fxCalls()).toBe(0);
+      expect(codes(d)).toEqual(["AMOUNT_OVER_THRESHOLD", "VELOCITY_SUM"]);
+      expect(d.baseAmount).toMatchObject({ currency: "USD", amountMinor: 50_00n });
+      const up = harness({ rules: { rules: {} } });
+      await up.score({ amount: money("USD", 50_00n) });
+      expect(up.fxCalls()).toBe(0);
+    });
+
+    it("fx timing out within the caller's own deadline is the caller's deadline: nothing recorded", async () => {
+      // fx answers DEADLINE_EXCEEDED when the deadline it was given runs out. Risk's own timer for
+      // the same deadline may fire a moment later, so risk must not take this for fx being down
+      // (it used to record a DECLINE with FX_UNAVAILABLE for a caller already gone).
+      const timesOut: Partial<ServiceImpl<typeof FxService>> = {
+        convert(_req, ctx) {
+          expect(ctx.timeoutMs()).toBeDefined();
+          throw new ConnectError("the operation timed out", Code.DeadlineExceeded);
+        },
+      };
+      const h = harness({ fx: timesOut });
+      const paymentId = `pay_${uid()}`;
+      const err = await rpcError(h.score({ paymentId, amount: money("EUR", 10_00n) }, { timeoutMs: 5_000 }));
+      expect(err.code).toBe(Code.DeadlineExceeded);
+      expect(h.fxCalls()).toBe(1);
+      expect((await rpcError(h.risk.getDecision({ key: { case: "paymentId", value: paymentId } }))).code).toBe(Code.NotFound);
+      // Without a caller deadline the timeout is risk's own upstream timeout: fx is unreachable.
+      const d = await h.score({ amount: money("EUR", 10_00n) });
+      expect(d.reasons[0]).toMatchObject({ code: "FX_UNAVAILABLE", points: 99 });
+      expect(d.outcome).toBe(Outcome.DECLINE);
+    });
+
+    it("an fx refusal that is not unavailability (a currency fx has no rate for) fails the call and records nothing", async () => {
+      const h = harness();
+      const paymentId = `pay_${uid()}`;
+      const err = await rpcError(h.score({ paymentId, amount: money("ISK", 1_000n) }));
+      expect(err.code).toBe(Code.InvalidArgument);
+      expect(err.detail?.reason).toBe("UNSUPPORTED_CURRENCY");
+      expect((await rpcError(h.risk.getDecision({ key: { case: "paymentId", value: paymentId } }))).code).toBe(Code.NotFound);
+    });
+  });
+
+  describe("concurrency", () => {
+    it("30 concurrent payments of one account with maxCount 10: exactly 20 fire VELOCITY_COUNT", async () => {
+      const h = harness({ rules: { rules: { velocity: [{ window: "1m", maxCount: 10, points: 40 }] } } });
+      const decisions = await Promise.all(Array.from({ length: 30 }, (_, i) => h.score({ amount: money(i % 2 === 0 ? "EUR" : "USD", BigInt(100 + i)) })));
+      expect(new Set(decisions.map((d) => d.id)).size).toBe(30);
+      const fired = decisions.filter((d) => codes(d).includes("VELOCITY_COUNT"));
+      expect(fired).toHaveLength(20);
+      // Every payment saw exactly the ones before it: the 11th to the 30th.
+      const counts = fired.map((d) => Number(/^(\d+) payments/.exec(d.reasons[0]!.message)?.[1])).sort((a, b) => a - b);
+      expect(counts).toEqual(Array.from({ length: 20 }, (_, i) => i + 11));
+    });
+  });
+
+  describe("bad input", () => {
+    const cases: [name: string, reason: string, field: string, over: Partial<ScoreInit>][] = [
+      ["missing payment_id", "MISSING_FIELD", "payment_id", { paymentId: "" }],
+      ["missing account_id", "MISSING_FIELD", "account_id", { accountId: "" }],
+      ["missing amount", "MISSING_FIELD", "amount", { amount: undefined }],
+      ["amount 0", "NON_POSITIVE_AMOUNT", "amount", { amount: money("USD", 0n) }],
+      ["negative amount", "NON_POSITIVE_AMOUNT", "amount", { amount: money("EUR", -5n) }],
+      ["unknown currency", "UNKNOWN_CURRENCY", "amount.currency", { amount: money("XYZ", 100n) }],
+      ["empty currency", "UNKNOWN_CURRENCY", "amount.currency", { amount: money("", 100n) }],
+      ["a code without minor unit", "UNKNOWN_CURRENCY", "amount.currency", { amount: money("XAU", 100n) }],
+      ["bad account_currency", "UNKNOWN_CURRENCY", "account_currency", { accountCurrency: "usd" }],
+      ["unknown account_currency", "UNKNOWN_CURRENCY", "account_currency", { accountCurrency: "ABC" }],
+    ];
+
+    it.each(cases)("%s -> INVALID_ARGUMENT %s naming %s; nothing recorded, fx not called", async (_name, reason, field, over) => {
+      const h = harness();
+      const paymentId = over.paymentId ?? `pay_${uid()}`;
+      const err = await rpcError(h.score({ ...over, paymentId }));
+      expect(err.code).toBe(Code.InvalidArgument);
+      expect(err.detail).toMatchObject({ reason, field });
+      expect(err.message).toContain(field);
+      expect(h.fxCalls()).toBe(0);
+      if (paymentId !== "") expect((await rpcError(h.risk.getDecision({ key: { case: "paymentId", value: paymentId } }))).code).toBe(Code.NotFound);
+    });
+
+    it("GetDecision of an unknown decision or payment is NOT_FOUND; with no key INVALID_ARGUMENT", async () => {
+      const h = harness();
+      const byId = await rpcError(h.risk.getDecision({ key: { case: "decisionId", value: "rd_nope" } }));
+      expect(byId.code).toBe(Code.NotFound);
+      expect(byId.detail).toMatchObject({ reason: "DECISION_NOT_FOUND", field: "decision_id" });
+      const byPayment = await rpcError(h.risk.getDecision({ key: { case: "paymentId", value: "pay_nope" } }));
+      expect(byPayment.code).toBe(Code.NotFound);
+      expect(byPayment.detail).toMatchObject({ reason: "DECISION_NOT_FOUND", field: "payment_id" });
+      const none = await rpcError(h.risk.getDecision({}));
+      expect(none.code).toBe(Code.InvalidArgument);
+      expect(none.detail).toMatchObject({ reason: "MISSING_FIELD" });
+      const empty = await rpcError(h.risk.getDecision({ key: { case: "paymentId", value: "" } }));
+      expect(empty.code).toBe(Code.InvalidArgument);
+    });
+  });
+});
