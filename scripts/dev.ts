@@ -13,7 +13,6 @@ interface ServiceProcess {
   adminPort: number;
 }
 
-// In dependency order: a service starts after the ones it calls.
 const services: ServiceProcess[] = [
   { name: "fx", entry: "services/fx/main.ts", rpcPort: 9092, adminPort: 9102 },
   { name: "risk", entry: "services/risk/main.ts", rpcPort: 9094, adminPort: 9104 },
@@ -51,7 +50,7 @@ function stopAll(exitCode: number): void {
   for (const child of children.values()) child.kill("SIGTERM");
 }
 
-async function waitReady(svc: ServiceProcess, timeoutMs = 60_000): Promise<void> {
+async function waitReady(svc: ServiceProcess, timeoutMs = 120_000): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   while (Date.now() < deadline && !stopping) {
     try {
@@ -68,13 +67,12 @@ async function waitReady(svc: ServiceProcess, timeoutMs = 60_000): Promise<void>
 process.on("SIGINT", () => stopAll(0));
 process.on("SIGTERM", () => stopAll(0));
 
-for (const svc of services) {
-  start(svc);
-  await waitReady(svc).catch((err: Error) => {
-    process.stderr.write(`${err.message}\n`);
-    stopAll(1);
-  });
-}
+// All start at once (each waits for what it calls); the banner comes when every one is ready.
+for (const svc of services) start(svc);
+await Promise.all(services.map((svc) => waitReady(svc))).catch((err: Error) => {
+  process.stderr.write(`${err.message}\n`);
+  stopAll(1);
+});
 if (!stopping) process.stdout.write(banner());
 
 function banner(): string {

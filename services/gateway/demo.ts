@@ -1,6 +1,6 @@
 // Demo data for `npm start`: two merchants with fixed, documented API keys, and accounts in
 // six currencies holding balances. Every step is idempotent, so restarts change nothing.
-import type { Client } from "@connectrpc/connect";
+import { Code, ConnectError, type Client } from "@connectrpc/connect";
 import type { WalletService } from "../gen/paygate/wallet/v1/wallet_pb.js";
 import { money, parseDecimalAmount } from "../runtime/money.js";
 import type { Merchants } from "./merchants.js";
@@ -21,6 +21,7 @@ const OPENING_BALANCES: Record<string, string> = {
 };
 
 export async function seedDemo(merchants: Merchants, wallet: Client<typeof WalletService>): Promise<string[]> {
+  await waitForWallet(wallet);
   const accounts: string[] = [];
   for (const m of DEMO_MERCHANTS) {
     await merchants.ensure(m, m.apiKey);
@@ -32,4 +33,17 @@ export async function seedDemo(merchants: Merchants, wallet: Client<typeof Walle
     }
   }
   return accounts;
+}
+
+/** Services start together: give the wallet up to a minute to come up. */
+async function waitForWallet(wallet: Client<typeof WalletService>): Promise<void> {
+  for (let attempt = 0; ; attempt++) {
+    try {
+      await wallet.listAccounts({ ownerId: DEMO_MERCHANTS[0]!.id }, { timeoutMs: 2000 });
+      return;
+    } catch (err) {
+      if (attempt >= 60 || !(err instanceof ConnectError) || (err.code !== Code.Unavailable && err.code !== Code.DeadlineExceeded)) throw err;
+      await new Promise((r) => setTimeout(r, 1000));
+    }
+  }
 }
