@@ -40,6 +40,22 @@ export async function startWallet(env: NodeJS.ProcessEnv = process.env) {
       routes: (router) =>
         router.service(WalletService, walletService({ ledger, defaultHoldTtlMs: config.WALLET_HOLD_TTL_SECONDS * 1000, maxHoldTtlMs: config.WALLET_HOLD_MAX_TTL_SECONDS * 1000 })),
       readiness: [{ name: "database", check: async () => void (await db.query("SELECT 1")) }],
+      // The reconciliation check (`npm run reconcile`): 200 when the books balance.
+      adminRoutes: {
+        "/reconcile": (_req, res) => {
+          ledger.reconcile().then(
+            (problems) => {
+              res.writeHead(problems.length === 0 ? 200 : 409, { "content-type": "application/json" });
+              res.end(JSON.stringify({ balanced: problems.length === 0, problems }));
+            },
+            (err: unknown) => {
+              logger.error({ err }, "reconciliation failed");
+              res.writeHead(500, { "content-type": "application/json" });
+              res.end(JSON.stringify({ error: "reconciliation could not run" }));
+            },
+          );
+        },
+      },
       close: async () => {
         clearInterval(sweeper);
         await db.close();
