@@ -25,7 +25,7 @@ import {
 } from "../gen/paygate/payments/v1/payments_pb.js";
 import { Outcome, type RiskService } from "../gen/paygate/risk/v1/risk_pb.js";
 import { GetAccountRequestSchema, GetBalanceRequestSchema, GetBalanceResponseSchema, WalletService } from "../gen/paygate/wallet/v1/wallet_pb.js";
-import { DomainError, invalidArgument, toConnectError } from "../runtime/errors.js";
+import { DomainError, invalidArgument, toConnectError, type ErrorKind } from "../runtime/errors.js";
 import { newId } from "../runtime/ids.js";
 import type { Logger } from "../runtime/logger.js";
 import { formatMinor, money, parseJsonAmount } from "../runtime/money.js";
@@ -114,7 +114,13 @@ export function restRoutes(api: Api, risk: Client<typeof RiskService>, merchants
           source: { case: "decimalAmount", value: { currency: from, value: queryParam(url, "amount") } },
           toCurrency: queryParam(url, "to"),
         });
-        const res = create(ConvertResponseSchema, await api.fx.convert(request, ctx));
+        // Errors name the query parameters, not the RPC fields behind them.
+        const res = create(
+          ConvertResponseSchema,
+          await Promise.resolve(api.fx.convert(request, ctx)).catch((err: unknown) => {
+            throw renameField(err, { "decimal_amount.value": "amount", "decimal_amount.currency": "from", to_currency: "to" });
+          }),
+        );
         return {
           from: res.source!.currency,
           to: res.converted!.currency,
@@ -209,6 +215,19 @@ function paymentJson(p: Payment) {
   };
 }
 
+/** The same error, blaming the REST name of the field instead of the RPC one. */
+function renameField(err: unknown, names: Record<string, string>): unknown {
+  const connect = err instanceof DomainError ? toConnectError(err) : err;
+  if (!(connect instanceof ConnectError)) return err;
+  const detail = connect.findDetails(ErrorDetailSchema)[0];
+  const to = detail && names[detail.field];
+  if (!detail || !to) return err;
+  const message = connect.rawMessage.startsWith(`${detail.field}:`) ? `${to}:${connect.rawMessage.slice(detail.field.length + 1)}` : connect.rawMessage;
+  return new DomainError(kindOf(connect.code), detail.reason, message, to, detail.metadata);
+}
+
+const kindOf = (code: Code): ErrorKind => (Code[code].replace(/[A-Z]/g, (c, i: number) => (i ? "_" : "") + c.toLowerCase()) as ErrorKind);
+
 function headerValue(req: Request, name: string): string | undefined {
   const v = req.headers[name];
   return Array.isArray(v) ? v[0] : v;
@@ -263,6 +282,6 @@ function sendError(res: Response, err: unknown, logger: Logger): void {
   }
   const detail = connect.findDetails(ErrorDetailSchema)[0];
   sendJson(res, codeToHttpStatus(connect.code), {
-    error: { code: Code[connect.code].replace(/[A-Z]/g, (c, i: number) => (i ? "_" : "") + c.toLowerCase()), message: connect.rawMessage, reason: detail?.reason ?? "", field: detail?.field ?? "" },
+    error: { code: kindOf(connect.code), message: connect.rawMessage, reason: detail?.reason ?? "", field: detail?.field ?? "" },
   });
 }
