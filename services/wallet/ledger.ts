@@ -171,7 +171,7 @@ export class Ledger {
       const destinationMinor = settle(source.currency, destination.currency, req.amountMinor, req.fx, "fx");
       const reserved = await tx.query(
         `UPDATE accounts SET pending_minor = pending_minor + $2
-         WHERE id = $1 AND ($2::bigint IS NOT NULL)`,
+         WHERE id = $1 AND (kind <> 'USER' OR posted_minor - pending_minor >= $2)`,
         [source.id, req.amountMinor],
       );
       if (reserved.rowCount === 0) {
