@@ -16,7 +16,7 @@ import {
 import { formatDecimal, parseDecimal, type Decimal, type RoundingMode } from "../runtime/decimal.js";
 import { invalidArgument } from "../runtime/errors.js";
 import { newId } from "../runtime/ids.js";
-import { allCurrencies, currencyInfo, money, parseDecimalAmount, readMoney, requirePositive } from "../runtime/money.js";
+import { allCurrencies, currencyInfo, MAX_MINOR, money, parseDecimalAmount, readMoney, requirePositive } from "../runtime/money.js";
 import { applySpread, convertMinor, crossRate } from "./conversion.js";
 import type { MarketState, SimulatedMarket } from "./market.js";
 import type { QuoteRecord, QuoteStore } from "./quotes.js";
@@ -130,6 +130,7 @@ export function fxService(deps: FxDeps): ServiceImpl<typeof FxService> {
         c = { from: amount.currency, to: req.toCurrency, amountMinor: amount.amountMinor, rate: midRate(state, amount.currency, req.toCurrency), asOf: state.asOf, quoteId: "" };
       }
       const result = convertMinor(c.amountMinor, currencyInfo(c.from, "from").minorUnits, c.rate, currencyInfo(c.to, "to").minorUnits, mode);
+      requireRepresentable(result.convertedMinor, c.to);
       return {
         source: money(c.from, c.amountMinor),
         converted: money(c.to, result.convertedMinor),
@@ -159,7 +160,7 @@ export function fxService(deps: FxDeps): ServiceImpl<typeof FxService> {
         fromCurrency: amount.currency,
         toCurrency: req.toCurrency,
         amountMinor: amount.amountMinor,
-        convertedMinor: convertMinor(amount.amountMinor, amount.exponent, rate, toExponent, "half_even").convertedMinor,
+        convertedMinor: requireRepresentable(convertMinor(amount.amountMinor, amount.exponent, rate, toExponent, "half_even").convertedMinor, req.toCurrency),
         midRate: formatDecimal(mid),
         spreadBps: deps.spreadBps,
         rate: formatDecimal(rate),
@@ -220,6 +221,14 @@ async function* ticks(market: SimulatedMarket, ctx: HandlerContext, draining: Ab
 
 function allCurrenciesWithRates(mids: ReadonlyMap<string, Decimal>) {
   return allCurrencies().map((c) => ({ code: c.code, name: c.name, minorUnits: c.minorUnits, tradable: mids.has(c.code) }));
+}
+
+/** A converted amount must fit an int64 of minor units, like every amount on the wire. */
+function requireRepresentable(minor: bigint, currency: string): bigint {
+  if (minor > MAX_MINOR) {
+    throw invalidArgument("AMOUNT_OUT_OF_RANGE", "amount", `amount: converted to ${currency} it exceeds the largest amount Paygate handles (${MAX_MINOR} minor units)`);
+  }
+  return minor;
 }
 
 const canonical = (text: string) => formatDecimal(parseDecimal(text, "rate"));

@@ -8,7 +8,8 @@ export class ConfigError extends Error {
 }
 
 // 0 asks the OS for a free port (tests run many servers side by side).
-const port = z.coerce.number().int().min(0).max(65535);
+const PORT_EXPECTED = "expected a port number from 0 to 65535";
+const port = z.coerce.number({ error: PORT_EXPECTED }).int(PORT_EXPECTED).min(0, PORT_EXPECTED).max(65535, PORT_EXPECTED);
 const positiveMs = z.coerce.number().int().min(0).max(3_600_000);
 
 /** Variables every Paygate service reads. */

@@ -45,3 +45,23 @@ export function refuseWhileDraining(draining: AbortSignal): Interceptor {
     return next(req);
   };
 }
+
+/**
+ * Ends a unary call with the shutdown reason (UNAVAILABLE) when `hardStop` aborts, even if
+ * its handler ignores its signal, so a client cut off at the shutdown bound learns why.
+ */
+export function cutOffAt(hardStop: AbortSignal): Interceptor {
+  return (next) => async (req) => {
+    if (req.stream) return next(req);
+    let onAbort: (() => void) | undefined;
+    const cutOff = new Promise<never>((_, reject) => {
+      onAbort = () => reject(hardStop.reason);
+      hardStop.addEventListener("abort", onAbort, { once: true });
+    });
+    try {
+      return await Promise.race([next(req), cutOff]);
+    } finally {
+      hardStop.removeEventListener("abort", onAbort!);
+    }
+  };
+}

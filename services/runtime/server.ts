@@ -14,7 +14,7 @@ import { connectNodeAdapter } from "@connectrpc/connect-node";
 import type { DescService } from "@bufbuild/protobuf";
 import { HealthStatus, registerHealth } from "./health.js";
 import { registerReflection } from "./reflection.js";
-import { errorMapping, refuseWhileDraining } from "./interceptors.js";
+import { cutOffAt, errorMapping, refuseWhileDraining } from "./interceptors.js";
 import { HealthCheckResponse_ServingStatus as ServingStatus } from "../gen/health/v1/health_pb.js";
 import type { Logger } from "./logger.js";
 
@@ -79,7 +79,7 @@ export async function startServer(spec: ServiceSpec, opts: ServerOptions): Promi
       registerHealth(router, health, { stopWatches: draining.signal });
       registerReflection(router, spec.services);
     },
-    interceptors: [errorMapping(logger), refuseWhileDraining(draining.signal), ...(spec.interceptors ?? [])],
+    interceptors: [errorMapping(logger), refuseWhileDraining(draining.signal), cutOffAt(hardStop.signal), ...(spec.interceptors ?? [])],
     readMaxBytes: opts.maxRequestBytes,
     shutdownSignal: hardStop.signal,
     // A typo in a payment request should fail loudly, not be dropped.
@@ -90,12 +90,23 @@ export async function startServer(spec: ServiceSpec, opts: ServerOptions): Promi
 
   let inFlight = 0;
   let idle: (() => void) | undefined;
+  /** Resolves true once no call is in flight, false after `ms`. */
+  const untilIdle = (ms: number) =>
+    inFlight === 0 ||
+    new Promise<boolean>((resolve) => {
+      const timer = setTimeout(() => resolve(false), ms);
+      idle = () => {
+        clearTimeout(timer);
+        resolve(true);
+      };
+    });
   const tracked: http.RequestListener = (req, res) => {
     inFlight++;
     res.once("close", () => {
       if (--inFlight === 0) idle?.();
     });
-    if (draining.signal.aborted) res.setHeader("Connection", "close");
+    // HTTP/1.1 keep-alive connections close after their last response; HTTP/2 has GOAWAY.
+    if (draining.signal.aborted && req.httpVersionMajor === 1) res.setHeader("Connection", "close");
     handler(req, res);
   };
 
@@ -147,25 +158,19 @@ export async function startServer(spec: ServiceSpec, opts: ServerOptions): Promi
       tcp.close();
       for (const s of sessions) s.close(); // GOAWAY: running streams finish, no new ones
       h1.closeIdleConnections();
-      const finished = inFlight === 0 || (await new Promise<boolean>((resolve) => {
-        const timer = setTimeout(() => resolve(false), opts.shutdownTimeoutMs);
-        idle = () => {
-          clearTimeout(timer);
-          resolve(true);
-        };
-      }));
-      if (!finished) {
+      if (!(await untilIdle(opts.shutdownTimeoutMs))) {
         logger.warn({ inFlight }, "shutdown bound reached: cutting off in-flight calls");
         hardStop.abort(new ConnectError("server is shutting down", Code.Unavailable));
-        await sleep(100);
+        await untilIdle(1_000); // cut-off calls answer UNAVAILABLE before their sockets close
       }
       for (const s of sockets) s.destroy();
       if (admin) {
+        admin.closeAllConnections(); // first: a half-sent request would hold close() forever
         await new Promise<void>((r) => admin.close(() => r()));
-        admin.closeAllConnections();
       }
       await spec.close?.();
       logger.info("stopped");
+      await new Promise<void>((r) => logger.flush(() => r()));
     })());
 
   return { url, adminUrl, health, shutdown };
