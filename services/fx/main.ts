@@ -2,8 +2,8 @@
 import { fileURLToPath } from "node:url";
 import { z } from "zod";
 import { FxService } from "../gen/paygate/fx/v1/fx_pb.js";
-import { loadConfig, portVar, runtimeEnv } from "../runtime/config.js";
-import { openDatabase } from "../runtime/db.js";
+import { loadConfig, portVar, runtimeEnv, serverOptions } from "../runtime/config.js";
+import { databaseReady, openDatabase } from "../runtime/db.js";
 import { createLogger } from "../runtime/logger.js";
 import { migrate } from "../runtime/migrate.js";
 import { runMain } from "../runtime/process.js";
@@ -54,21 +54,13 @@ export async function startFx(env: NodeJS.ProcessEnv = process.env) {
             draining,
           }),
         ),
-      readiness: [{ name: "database", check: async () => void (await db.query("SELECT 1")) }],
+      readiness: [databaseReady(db)],
       close: async () => {
         market.stop();
         await db.close();
       },
     },
-    {
-      host: config.HOST,
-      port: config.FX_PORT,
-      adminPort: config.FX_ADMIN_PORT,
-      maxRequestBytes: config.MAX_REQUEST_BYTES,
-      shutdownTimeoutMs: config.SHUTDOWN_TIMEOUT_MS,
-      drainDelayMs: config.SHUTDOWN_DRAIN_DELAY_MS,
-      logger,
-    },
+    serverOptions(config, { port: config.FX_PORT, adminPort: config.FX_ADMIN_PORT }, logger),
   );
 }
 

@@ -1,6 +1,6 @@
 // FxService: currencies, rates, exact conversion, quotes and the live rate stream.
 import { create } from "@bufbuild/protobuf";
-import { durationMs, timestampFromDate } from "@bufbuild/protobuf/wkt";
+import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import type { HandlerContext, ServiceImpl } from "@connectrpc/connect";
 import type { DecimalMoney, Money } from "../gen/paygate/common/v1/common_pb.js";
 import {
@@ -16,6 +16,7 @@ import {
 import { formatDecimal, parseDecimal, type Decimal, type RoundingMode } from "../runtime/decimal.js";
 import { invalidArgument } from "../runtime/errors.js";
 import { newId } from "../runtime/ids.js";
+import { readTtl } from "../runtime/ttl.js";
 import { allCurrencies, currencyInfo, MAX_MINOR, money, parseDecimalAmount, readMoney, requirePositive } from "../runtime/money.js";
 import { applySpread, convertMinor, crossRate } from "./conversion.js";
 import type { MarketState, SimulatedMarket } from "./market.js";
@@ -145,13 +146,7 @@ export function fxService(deps: FxDeps): ServiceImpl<typeof FxService> {
     async createQuote(req) {
       const amount = sourceAmount(req.source);
       const toExponent = tradable(req.toCurrency, "to_currency");
-      let ttlMs = deps.defaultQuoteTtlMs;
-      if (req.ttl) {
-        ttlMs = durationMs(req.ttl);
-        if (ttlMs <= 0 || ttlMs > deps.maxQuoteTtlMs) {
-          throw invalidArgument("INVALID_TTL", "ttl", `ttl: must be more than 0s and at most ${deps.maxQuoteTtlMs / 1000}s`, { max_seconds: String(deps.maxQuoteTtlMs / 1000) });
-        }
-      }
+      const ttlMs = readTtl(req.ttl, deps.defaultQuoteTtlMs, deps.maxQuoteTtlMs);
       const mid = midRate(market.current(), amount.currency, req.toCurrency);
       const rate = applySpread(mid, deps.spreadBps);
       const now = deps.now();

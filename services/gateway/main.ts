@@ -6,8 +6,8 @@ import { FxService } from "../gen/paygate/fx/v1/fx_pb.js";
 import { PaymentsService } from "../gen/paygate/payments/v1/payments_pb.js";
 import { RiskService } from "../gen/paygate/risk/v1/risk_pb.js";
 import { WalletService } from "../gen/paygate/wallet/v1/wallet_pb.js";
-import { loadConfig, portVar, runtimeEnv } from "../runtime/config.js";
-import { openDatabase } from "../runtime/db.js";
+import { loadConfig, portVar, runtimeEnv, serverOptions } from "../runtime/config.js";
+import { databaseReady, openDatabase } from "../runtime/db.js";
 import { createLogger } from "../runtime/logger.js";
 import { migrate } from "../runtime/migrate.js";
 import { runMain } from "../runtime/process.js";
@@ -63,19 +63,12 @@ export async function startGateway(env: NodeJS.ProcessEnv = process.env) {
       interceptors: [authentication(merchants)],
       fallback: restRoutes(api, upstreamClient(RiskService, transports.risk), merchants, config.UPSTREAM_TIMEOUT_MS, logger),
       readiness: [
-        { name: "database", check: async () => void (await db.query("SELECT 1")) },
+        databaseReady(db),
         ...Object.entries(transports).map(([name, t]) => upstreamReady(name, t)),
       ],
       close: () => db.close(),
     },
-    {
-      host: config.HOST,
-      port: config.GATEWAY_PORT,
-      maxRequestBytes: config.MAX_REQUEST_BYTES,
-      shutdownTimeoutMs: config.SHUTDOWN_TIMEOUT_MS,
-      drainDelayMs: config.SHUTDOWN_DRAIN_DELAY_MS,
-      logger,
-    },
+    serverOptions(config, { port: config.GATEWAY_PORT }, logger),
   );
 }
 

@@ -6,8 +6,8 @@ import { FxService } from "../gen/paygate/fx/v1/fx_pb.js";
 import { PaymentsService } from "../gen/paygate/payments/v1/payments_pb.js";
 import { RiskService } from "../gen/paygate/risk/v1/risk_pb.js";
 import { WalletService } from "../gen/paygate/wallet/v1/wallet_pb.js";
-import { loadConfig, portVar, runtimeEnv } from "../runtime/config.js";
-import { openDatabase } from "../runtime/db.js";
+import { loadConfig, portVar, runtimeEnv, serverOptions } from "../runtime/config.js";
+import { databaseReady, openDatabase } from "../runtime/db.js";
 import { newId } from "../runtime/ids.js";
 import { createLogger } from "../runtime/logger.js";
 import { migrate } from "../runtime/migrate.js";
@@ -88,7 +88,7 @@ export async function startPayments(env: NodeJS.ProcessEnv = process.env) {
           paymentsService({ store, saga, keys, feed, wallet: upstreams.wallet, upstreamTimeoutMs: config.UPSTREAM_TIMEOUT_MS, instanceId, leaseMs: config.PAYMENTS_LEASE_MS, now, draining }),
         ),
       readiness: [
-        { name: "database", check: async () => void (await db.query("SELECT 1")) },
+        databaseReady(db),
         upstreamReady("wallet", transports.wallet),
         upstreamReady("risk", transports.risk),
         upstreamReady("fx", transports.fx),
@@ -98,15 +98,7 @@ export async function startPayments(env: NodeJS.ProcessEnv = process.env) {
         await db.close();
       },
     },
-    {
-      host: config.HOST,
-      port: config.PAYMENTS_PORT,
-      adminPort: config.PAYMENTS_ADMIN_PORT,
-      maxRequestBytes: config.MAX_REQUEST_BYTES,
-      shutdownTimeoutMs: config.SHUTDOWN_TIMEOUT_MS,
-      drainDelayMs: config.SHUTDOWN_DRAIN_DELAY_MS,
-      logger,
-    },
+    serverOptions(config, { port: config.PAYMENTS_PORT, adminPort: config.PAYMENTS_ADMIN_PORT }, logger),
   );
 }
 

@@ -3,8 +3,8 @@ import { fileURLToPath } from "node:url";
 import { z } from "zod";
 import { FxService } from "../gen/paygate/fx/v1/fx_pb.js";
 import { RiskService } from "../gen/paygate/risk/v1/risk_pb.js";
-import { loadConfig, portVar, runtimeEnv } from "../runtime/config.js";
-import { openDatabase } from "../runtime/db.js";
+import { loadConfig, portVar, runtimeEnv, serverOptions } from "../runtime/config.js";
+import { databaseReady, openDatabase } from "../runtime/db.js";
 import { createLogger } from "../runtime/logger.js";
 import { migrate } from "../runtime/migrate.js";
 import { runMain } from "../runtime/process.js";
@@ -42,21 +42,13 @@ export async function startRisk(env: NodeJS.ProcessEnv = process.env) {
           riskService({ rules, store: new DecisionStore(db), fx: upstreamClient(FxService, fxTransport), upstreamTimeoutMs: config.UPSTREAM_TIMEOUT_MS, now: () => new Date() }),
         ),
       readiness: [
-        { name: "database", check: async () => void (await db.query("SELECT 1")) },
+        databaseReady(db),
         // Failing open, risk can still decide without fx, so fx is then not required.
         ...(rules.failClosedWithoutFx ? [upstreamReady("fx", fxTransport)] : []),
       ],
       close: () => db.close(),
     },
-    {
-      host: config.HOST,
-      port: config.RISK_PORT,
-      adminPort: config.RISK_ADMIN_PORT,
-      maxRequestBytes: config.MAX_REQUEST_BYTES,
-      shutdownTimeoutMs: config.SHUTDOWN_TIMEOUT_MS,
-      drainDelayMs: config.SHUTDOWN_DRAIN_DELAY_MS,
-      logger,
-    },
+    serverOptions(config, { port: config.RISK_PORT, adminPort: config.RISK_ADMIN_PORT }, logger),
   );
 }
 

@@ -2,6 +2,8 @@
 // value stops the process with a message naming the variable, what it expected and what
 // it got, before anything listens.
 import { z } from "zod";
+import type { Logger } from "./logger.js";
+import type { ServerOptions } from "./server.js";
 
 export class ConfigError extends Error {
   override name = "ConfigError";
@@ -47,4 +49,21 @@ export function loadConfig<S extends z.ZodRawShape>(shape: S, env: NodeJS.Proces
     return `  ${name}: ${issue.message}${got}`;
   });
   throw new ConfigError(`invalid configuration:\n${lines.join("\n")}`);
+}
+
+/** The server options every service derives the same way from its configuration. */
+export function serverOptions(
+  config: { HOST: string; MAX_REQUEST_BYTES: number; SHUTDOWN_TIMEOUT_MS: number; SHUTDOWN_DRAIN_DELAY_MS: number },
+  ports: { port: number; adminPort?: number },
+  logger: Logger,
+): ServerOptions {
+  return {
+    host: config.HOST,
+    port: ports.port,
+    adminPort: ports.adminPort,
+    maxRequestBytes: config.MAX_REQUEST_BYTES,
+    shutdownTimeoutMs: config.SHUTDOWN_TIMEOUT_MS,
+    drainDelayMs: config.SHUTDOWN_DRAIN_DELAY_MS,
+    logger,
+  };
 }

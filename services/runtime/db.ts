@@ -111,3 +111,8 @@ async function openPglite(dataDir: string, schema: string): Promise<Database> {
     close: () => db.close(),
   };
 }
+
+/** Readiness of the database: it answers a trivial query. */
+export function databaseReady(db: Database): { name: string; check: () => Promise<void> } {
+  return { name: "database", check: async () => void (await db.query("SELECT 1")) };
+}

@@ -2,8 +2,8 @@
 import { fileURLToPath } from "node:url";
 import { z } from "zod";
 import { WalletService } from "../gen/paygate/wallet/v1/wallet_pb.js";
-import { loadConfig, portVar, runtimeEnv } from "../runtime/config.js";
-import { openDatabase } from "../runtime/db.js";
+import { loadConfig, portVar, runtimeEnv, serverOptions } from "../runtime/config.js";
+import { databaseReady, openDatabase } from "../runtime/db.js";
 import { createLogger } from "../runtime/logger.js";
 import { migrate } from "../runtime/migrate.js";
 import { runMain } from "../runtime/process.js";
@@ -39,7 +39,7 @@ export async function startWallet(env: NodeJS.ProcessEnv = process.env) {
       services: [WalletService],
       routes: (router) =>
         router.service(WalletService, walletService({ ledger, defaultHoldTtlMs: config.WALLET_HOLD_TTL_SECONDS * 1000, maxHoldTtlMs: config.WALLET_HOLD_MAX_TTL_SECONDS * 1000 })),
-      readiness: [{ name: "database", check: async () => void (await db.query("SELECT 1")) }],
+      readiness: [databaseReady(db)],
       // The reconciliation check (`npm run reconcile`): 200 when the books balance.
       adminRoutes: {
         "/reconcile": (_req, res) => {
@@ -61,15 +61,7 @@ export async function startWallet(env: NodeJS.ProcessEnv = process.env) {
         await db.close();
       },
     },
-    {
-      host: config.HOST,
-      port: config.WALLET_PORT,
-      adminPort: config.WALLET_ADMIN_PORT,
-      maxRequestBytes: config.MAX_REQUEST_BYTES,
-      shutdownTimeoutMs: config.SHUTDOWN_TIMEOUT_MS,
-      drainDelayMs: config.SHUTDOWN_DRAIN_DELAY_MS,
-      logger,
-    },
+    serverOptions(config, { port: config.WALLET_PORT, adminPort: config.WALLET_ADMIN_PORT }, logger),
   );
 }
 

@@ -1,6 +1,6 @@
 // WalletService: the ledger over RPC.
 import { create } from "@bufbuild/protobuf";
-import { durationMs, timestampFromDate } from "@bufbuild/protobuf/wkt";
+import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import type { ServiceImpl } from "@connectrpc/connect";
 import type { Money } from "../gen/paygate/common/v1/common_pb.js";
 import {
@@ -16,6 +16,7 @@ import {
 } from "../gen/paygate/wallet/v1/wallet_pb.js";
 import { invalidArgument } from "../runtime/errors.js";
 import { money, readMoney } from "../runtime/money.js";
+import { readTtl } from "../runtime/ttl.js";
 import type { Account, FxTerms, Hold, Ledger } from "./ledger.js";
 
 export interface WalletDeps {
@@ -51,13 +52,7 @@ export function walletService(deps: WalletDeps): ServiceImpl<typeof WalletServic
     },
     async reserve(req) {
       const amount = readMoney(req.amount, "amount");
-      let ttlMs = deps.defaultHoldTtlMs;
-      if (req.ttl) {
-        ttlMs = durationMs(req.ttl);
-        if (ttlMs <= 0 || ttlMs > deps.maxHoldTtlMs) {
-          throw invalidArgument("INVALID_TTL", "ttl", `ttl: must be more than 0s and at most ${deps.maxHoldTtlMs / 1000}s`, { max_seconds: String(deps.maxHoldTtlMs / 1000) });
-        }
-      }
+      const ttlMs = readTtl(req.ttl, deps.defaultHoldTtlMs, deps.maxHoldTtlMs);
       const hold = await ledger.reserve({
         holdId: req.holdId,
         accountId: req.accountId,
