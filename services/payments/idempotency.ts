@@ -11,7 +11,7 @@ import { DomainError, invalidArgument, toConnectError } from "../runtime/errors.
 import { IDEMPOTENCY_HEADER } from "../runtime/headers.js";
 
 
-/** Errors worth retrying: the key is freed so a retry runs the request again. */
+/** Errors worth retrying: the key is unlocked so a retry of the same request runs it again. */
 const TRANSIENT = new Set([Code.Unavailable, Code.DeadlineExceeded, Code.Canceled, Code.Internal, Code.Unknown, Code.Aborted, Code.ResourceExhausted]);
 
 interface StoredError {
@@ -45,27 +45,37 @@ export class IdempotencyKeys {
     key: string,
     request: unknown,
     schema: S,
-    fn: () => Promise<MessageShape<S>>,
+    /**
+     * `scope` names this use of the key (merchant, key, when first claimed) and stays the
+     * same when a retry takes over from an attempt that died; undefined without a key. A
+     * write that derives its ids from it finds what the dead attempt already created.
+     */
+    fn: (scope: string | undefined) => Promise<MessageShape<S>>,
   ): Promise<{ response: MessageShape<S>; replayed: boolean }> {
-    if (key === "") return { response: await fn(), replayed: false };
+    if (key === "") return { response: await fn(undefined), replayed: false };
     if (key.length > 255) throw invalidArgument("INVALID_IDEMPOTENCY_KEY", IDEMPOTENCY_HEADER, `${IDEMPOTENCY_HEADER}: at most 255 characters`);
     const hash = createHash("sha256").update(JSON.stringify(request, (_k, v: unknown) => (typeof v === "bigint" ? v.toString() : v))).digest("hex");
     const now = this.opts.now();
     const lockedUntil = new Date(now.getTime() + this.opts.lockMs);
-    const claimed = await this.db.query(
+    // Taking over an attempt that died (same request, no result, lock run out) keeps the
+    // key's created_at: the scope stays the same. An expired key starts afresh.
+    const claimed = await this.db.query<{ created_at: Date }>(
       `INSERT INTO idempotency_keys (merchant_id, key, request_hash, locked_until, created_at, expires_at)
        VALUES ($1, $2, $3, $4, $5, $6)
        ON CONFLICT (merchant_id, key) DO UPDATE
          SET request_hash = EXCLUDED.request_hash, response = NULL, error = NULL, locked_until = EXCLUDED.locked_until,
-             created_at = EXCLUDED.created_at, expires_at = EXCLUDED.expires_at
+             created_at = CASE WHEN idempotency_keys.expires_at <= $5 THEN EXCLUDED.created_at ELSE idempotency_keys.created_at END,
+             expires_at = EXCLUDED.expires_at
          WHERE idempotency_keys.expires_at <= $5
             OR (idempotency_keys.request_hash = EXCLUDED.request_hash AND idempotency_keys.response IS NULL
-                AND idempotency_keys.error IS NULL AND idempotency_keys.locked_until <= $5)`,
+                AND idempotency_keys.error IS NULL AND idempotency_keys.locked_until <= $5)
+       RETURNING created_at`,
       [merchantId, key, hash, lockedUntil, now, new Date(now.getTime() + this.opts.retentionMs)],
     );
-    if (claimed.rowCount === 0) return { response: await this.replay(merchantId, key, hash, schema), replayed: true };
+    const first = claimed.rows[0];
+    if (claimed.rowCount === 0 || !first) return { response: await this.replay(merchantId, key, hash, schema), replayed: true };
     try {
-      const response = await fn();
+      const response = await fn(`${merchantId}\u0000${key}\u0000${new Date(first.created_at).toISOString()}`);
       await this.db.query("UPDATE idempotency_keys SET response = $3, locked_until = NULL WHERE merchant_id = $1 AND key = $2", [merchantId, key, toBinary(schema, response)]);
       return { response, replayed: false };
     } catch (err) {
@@ -73,7 +83,13 @@ export class IdempotencyKeys {
       if (stored) {
         await this.db.query("UPDATE idempotency_keys SET error = $3, locked_until = NULL WHERE merchant_id = $1 AND key = $2", [merchantId, key, JSON.stringify(stored)]);
       } else {
-        await this.db.query("DELETE FROM idempotency_keys WHERE merchant_id = $1 AND key = $2 AND response IS NULL", [merchantId, key]);
+        // Unlocked, not forgotten: a retry of the same request runs again in the same scope
+        // (and finds what this attempt may already have created).
+        await this.db.query("UPDATE idempotency_keys SET locked_until = $3 WHERE merchant_id = $1 AND key = $2 AND response IS NULL AND error IS NULL", [
+          merchantId,
+          key,
+          this.opts.now(),
+        ]);
       }
       throw err;
     }
@@ -103,7 +119,7 @@ export class IdempotencyKeys {
   }
 }
 
-/** The error to replay for this key, or undefined when it is transient (the key is freed). */
+/** The error to replay for this key, or undefined when it is transient (the key is unlocked). */
 function storable(err: unknown): StoredError | undefined {
   const connect = err instanceof DomainError ? toConnectError(err) : err instanceof ConnectError ? err : undefined;
   if (!connect || TRANSIENT.has(connect.code)) return undefined;

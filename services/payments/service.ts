@@ -1,4 +1,5 @@
 // PaymentsService: validation, idempotency, the saga, and the payment streams.
+import { createHash } from "node:crypto";
 import { create, fromBinary } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, type Client, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
@@ -50,7 +51,7 @@ export function paymentsService(deps: PaymentsDeps): ServiceImpl<typeof Payments
   const call = (ctx: HandlerContext) => downstream(ctx, deps.upstreamTimeoutMs);
 
   /** Runs a write under the request's Idempotency-Key, marking replays in a response header. */
-  async function idempotent<R>(ctx: HandlerContext, merchantId: string, request: unknown, schema: Parameters<IdempotencyKeys["run"]>[3], fn: () => Promise<R>): Promise<R> {
+  async function idempotent<R>(ctx: HandlerContext, merchantId: string, request: unknown, schema: Parameters<IdempotencyKeys["run"]>[3], fn: (scope: string | undefined) => Promise<R>): Promise<R> {
     const key = ctx.requestHeader.get(IDEMPOTENCY_HEADER) ?? "";
     const { response, replayed } = await keys.run(merchantId, key, request, schema, fn as never);
     if (replayed) ctx.responseHeader.set(REPLAYED_HEADER, "true");
@@ -65,6 +66,29 @@ export function paymentsService(deps: PaymentsDeps): ServiceImpl<typeof Payments
     } catch (err) {
       if (err instanceof ConnectError && err.code === Code.NotFound) throw notFound("ACCOUNT_NOT_FOUND", `${field}: no account ${JSON.stringify(id)}`, field);
       throw err;
+    }
+  }
+
+  /**
+   * Drives on the payment an earlier attempt under the same key created (its process died).
+   * While another process holds its lease (the dead one's, or a recovery sweep's) this waits
+   * for the lease, within the call's deadline; then ABORTED, and the client retries.
+   */
+  async function resume(p: PaymentRecord, ctx: HandlerContext): Promise<PaymentRecord> {
+    const waitUntil = Date.now() + Math.min(ctx.timeoutMs() ?? deps.upstreamTimeoutMs, deps.leaseMs + 1_000);
+    for (;;) {
+      const claimed = await store.claim(p.id, deps.instanceId, deps.leaseMs);
+      if (claimed) {
+        try {
+          return await saga.run(claimed, call(ctx));
+        } finally {
+          await store.releaseLease(p.id, deps.instanceId);
+        }
+      }
+      if (Date.now() >= waitUntil || ctx.signal.aborted) {
+        throw new DomainError("aborted", "PAYMENT_IN_PROGRESS", `payment ${p.id} is being processed; retry the request`, IDEMPOTENCY_HEADER);
+      }
+      await new Promise((r) => setTimeout(r, 100));
     }
   }
 
@@ -83,7 +107,13 @@ export function paymentsService(deps: PaymentsDeps): ServiceImpl<typeof Payments
       const manual = req.captureMethod === CaptureMethod.MANUAL;
       const fingerprint = ["create", req.sourceAccountId, req.destinationAccountId, amount, req.settlementCurrency, manual, req.merchantReference, metadata];
 
-      return idempotent(ctx, merchantId, fingerprint, CreatePaymentResponseSchema, async () => {
+      return idempotent(ctx, merchantId, fingerprint, CreatePaymentResponseSchema, async (scope) => {
+        // Under an Idempotency-Key the payment id comes from the key's scope: a retry taking
+        // over from an attempt whose process died finds that attempt's payment and finishes
+        // it, instead of paying a second time.
+        const id = scope === undefined ? newId("pay") : `pay_${createHash("sha256").update(scope).digest("hex").slice(0, 32)}`;
+        const earlier = scope === undefined ? undefined : await store.find(id);
+        if (earlier) return create(CreatePaymentResponseSchema, { payment: paymentMessage(await resume(earlier, ctx)) });
         const source = await account(req.sourceAccountId, "source_account_id", ctx);
         // Another merchant's account is reported exactly like a missing one.
         if (source.ownerId !== merchantId) throw notFound("ACCOUNT_NOT_FOUND", `source_account_id: no account ${JSON.stringify(source.id)}`, "source_account_id");
@@ -97,7 +127,7 @@ export function paymentsService(deps: PaymentsDeps): ServiceImpl<typeof Payments
         const now = deps.now();
         let p = await store.create(
           {
-            id: newId("pay"),
+            id,
             merchantId,
             merchantReference: req.merchantReference,
             sourceAccountId: source.id,

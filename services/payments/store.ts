@@ -133,6 +133,22 @@ export class PaymentStore {
     return fromRow(row);
   }
 
+  /** The payment, or undefined when there is none. */
+  async find(id: string): Promise<PaymentRecord | undefined> {
+    const { rows } = await this.db.query<PaymentRow>("SELECT * FROM payments WHERE id = $1", [id]);
+    return rows[0] && fromRow(rows[0]);
+  }
+
+  /** Leases one payment to `owner` if no live lease holds it; undefined otherwise. */
+  async claim(id: string, owner: string, leaseMs: number): Promise<PaymentRecord | undefined> {
+    const now = this.now();
+    const { rows } = await this.db.query<PaymentRow>(
+      "UPDATE payments SET lease_owner = $2, lease_until = $3 WHERE id = $1 AND (lease_until IS NULL OR lease_until < $4) RETURNING *",
+      [id, owner, new Date(now.getTime() + leaseMs), now],
+    );
+    return rows[0] && fromRow(rows[0]);
+  }
+
   /** Saves saga facts (risk decision, fx quote) without a state change. */
   async patch(id: string, patch: PaymentPatch): Promise<PaymentRecord> {
     const { sets, values } = assignments(patch, 2);
