@@ -5,7 +5,9 @@
 import { mkdirSync } from "node:fs";
 import path from "node:path";
 import { PGlite } from "@electric-sql/pglite";
+import { performance } from "node:perf_hooks";
 import pg from "pg";
+import { gauge, histogram, counter } from "./metrics.js";
 
 export interface Queryable {
   query<T = Record<string, unknown>>(sql: string, params?: unknown[]): Promise<{ rows: T[]; rowCount: number }>;
@@ -38,6 +40,52 @@ const MAX_ATTEMPTS = 5;
 /** DATA_DIR value that keeps an embedded database in memory only. */
 export const IN_MEMORY = "memory://";
 
+// Metrics (Prometheus naming; the labels are fixed sets):
+//   db_query_duration_seconds{operation="query"}        one statement (query()), inside a
+//                                                        transaction or not; exec() scripts
+//                                                        (migrations) are not timed
+//   db_query_duration_seconds{operation="transaction"}  a whole transaction() call: waiting
+//                                                        for a connection, every attempt
+//   db_transactions_total{outcome="commit"|"rollback"|"retry"}   retry: an attempt rolled
+//                                                        back by a deadlock or serialization
+//                                                        failure and run again
+//   db_pool_connections{state="total"|"idle"|"waiting"} PostgreSQL pool, read at scrape time
+//                                                        (summed over the process's open pools;
+//                                                        one per service process)
+const dbDuration = histogram("db_query_duration_seconds", "Duration of database queries and whole transactions, in seconds.", ["operation"]);
+const dbTransactions = counter("db_transactions_total", "Database transactions by outcome (retry: an attempt aborted by a deadlock or serialization failure, run again).", [
+  "outcome",
+]);
+// Open pools, on globalThis so the gauge's collect() sees them even if this module is
+// evaluated twice in one process (the gauge is registered once).
+const POOLS = Symbol.for("paygate.db.pools");
+const pools: Set<pg.Pool> = ((globalThis as Record<symbol, unknown>)[POOLS] ??= new Set<pg.Pool>()) as Set<pg.Pool>;
+gauge("db_pool_connections", "PostgreSQL pool connections: total open, idle, and callers waiting for one.", ["state"], function () {
+  this.reset();
+  if (pools.size === 0) return;
+  let total = 0;
+  let idle = 0;
+  let waiting = 0;
+  for (const p of pools) {
+    total += p.totalCount;
+    idle += p.idleCount;
+    waiting += p.waitingCount;
+  }
+  this.set({ state: "total" }, total);
+  this.set({ state: "idle" }, idle);
+  this.set({ state: "waiting" }, waiting);
+});
+
+/** Times `run` into db_query_duration_seconds{operation}. */
+async function timed<T>(operation: "query" | "transaction", run: () => Promise<T>): Promise<T> {
+  const t0 = performance.now();
+  try {
+    return await run();
+  } finally {
+    dbDuration.observe({ operation }, (performance.now() - t0) / 1000);
+  }
+}
+
 export async function openDatabase(opts: DatabaseOptions): Promise<Database> {
   if (!/^[a-z_][a-z0-9_]*$/.test(opts.schema)) throw new Error(`invalid schema name ${opts.schema}`);
   return opts.url ? openPostgres(opts.url, opts.schema, opts.poolSize ?? 10) : openPglite(opts.dataDir, opts.schema);
@@ -58,34 +106,45 @@ async function openPostgres(url: string, schema: string, max: number): Promise<D
   const pool = new pg.Pool({ connectionString: url, max, types, options: `-c search_path=${schema}` });
   // An idle client that dies (e.g. Postgres restarted) must not crash the process.
   pool.on("error", () => {});
-  const query = async <T>(client: pg.Pool | pg.PoolClient, sql: string, params?: unknown[]) => {
-    const r = await client.query(sql, params as unknown[]);
-    return { rows: r.rows as T[], rowCount: r.rowCount ?? 0 };
-  };
+  pools.add(pool);
+  const query = <T>(client: pg.Pool | pg.PoolClient, sql: string, params?: unknown[]) =>
+    timed("query", async () => {
+      const r = await client.query(sql, params as unknown[]);
+      return { rows: r.rows as T[], rowCount: r.rowCount ?? 0 };
+    });
   return {
     backend: "postgres",
     query: (sql, params) => query(pool, sql, params),
     exec: async (sql) => void (await pool.query(sql)),
-    async transaction(fn) {
-      for (let attempt = 1; ; attempt++) {
-        const client = await pool.connect();
-        try {
-          await client.query("BEGIN");
-          const result = await fn({ query: (sql, params) => query(client, sql, params), exec: async (sql) => void (await client.query(sql)) });
-          await client.query("COMMIT");
-          return result;
-        } catch (err) {
-          await client.query("ROLLBACK").catch(() => {});
-          // A deadlock or serialization failure aborts a transaction that did nothing wrong:
-          // run it again (all its effects were rolled back).
-          if (attempt < MAX_ATTEMPTS && RETRYABLE.has((err as { code?: string }).code ?? "")) continue;
-          throw err;
-        } finally {
-          client.release();
+    transaction: (fn) =>
+      timed("transaction", async () => {
+        for (let attempt = 1; ; attempt++) {
+          const client = await pool.connect();
+          try {
+            await client.query("BEGIN");
+            const result = await fn({ query: (sql, params) => query(client, sql, params), exec: async (sql) => void (await client.query(sql)) });
+            await client.query("COMMIT");
+            dbTransactions.inc({ outcome: "commit" });
+            return result;
+          } catch (err) {
+            await client.query("ROLLBACK").catch(() => {});
+            // A deadlock or serialization failure aborts a transaction that did nothing wrong:
+            // run it again (all its effects were rolled back).
+            if (attempt < MAX_ATTEMPTS && RETRYABLE.has((err as { code?: string }).code ?? "")) {
+              dbTransactions.inc({ outcome: "retry" });
+              continue;
+            }
+            dbTransactions.inc({ outcome: "rollback" });
+            throw err;
+          } finally {
+            client.release();
+          }
         }
-      }
+      }),
+    close: async () => {
+      pools.delete(pool);
+      await pool.end();
     },
-    close: () => pool.end(),
   };
 }
 
@@ -98,16 +157,27 @@ async function openPglite(dataDir: string, schema: string): Promise<Database> {
   // PGlite's own int8 parser gives a JS number when the value is small: always bigint here.
   const db = await PGlite.create(location, { parsers: { [INT8_OID]: (text: string) => BigInt(text) } });
   await db.exec(`CREATE SCHEMA IF NOT EXISTS ${schema}; SET search_path TO ${schema}`);
-  const query = async <T>(q: Pick<PGlite, "query">, sql: string, params?: unknown[]) => {
-    const r = await q.query<T>(sql, params);
-    return { rows: r.rows, rowCount: r.affectedRows ?? r.rows.length };
-  };
+  const query = <T>(q: Pick<PGlite, "query">, sql: string, params?: unknown[]) =>
+    timed("query", async () => {
+      const r = await q.query<T>(sql, params);
+      return { rows: r.rows, rowCount: r.affectedRows ?? r.rows.length };
+    });
   return {
     backend: "pglite",
     query: (sql, params) => query(db, sql, params),
     exec: async (sql) => void (await db.exec(sql)),
     // PGlite is one connection: its transaction() also serialises concurrent callers.
-    transaction: (fn) => db.transaction((tx) => fn({ query: (sql, params) => query(tx, sql, params), exec: async (sql) => void (await tx.exec(sql)) })),
+    transaction: (fn) =>
+      timed("transaction", async () => {
+        try {
+          const result = await db.transaction((tx) => fn({ query: (sql, params) => query(tx, sql, params), exec: async (sql) => void (await tx.exec(sql)) }));
+          dbTransactions.inc({ outcome: "commit" });
+          return result;
+        } catch (err) {
+          dbTransactions.inc({ outcome: "rollback" });
+          throw err;
+        }
+      }),
     close: () => db.close(),
   };
 }

@@ -4,7 +4,9 @@
 // HTTP/1.1 or HTTP/2). Node's http2 server does not serve HTTP/1.1 without TLS, so a small
 // TCP router reads the first bytes of each connection: the HTTP/2 client preface goes to the
 // http2 server, anything else to the http1 server; both run the same Connect handler.
-// Beside it an admin port serves /healthz (liveness) and /readyz (readiness).
+// Beside it an admin port serves /healthz (liveness), /readyz (readiness) and /metrics
+// (Prometheus); a server without an admin port serves them on its one port.
+import { setMaxListeners } from "node:events";
 import http from "node:http";
 import http2 from "node:http2";
 import net from "node:net";
@@ -15,6 +17,7 @@ import type { DescService } from "@bufbuild/protobuf";
 import { HealthStatus, registerHealth } from "./health.js";
 import { registerReflection } from "./reflection.js";
 import { cutOffAt, errorMapping, refuseWhileDraining } from "./interceptors.js";
+import { metricsHandler, rpcServerMetrics } from "./metrics.js";
 import { HealthCheckResponse_ServingStatus as ServingStatus } from "../gen/health/v1/health_pb.js";
 import type { Logger } from "./logger.js";
 
@@ -35,7 +38,7 @@ export interface ServiceSpec {
   routes: (router: ConnectRouter, draining: AbortSignal) => void;
   /** What /readyz checks besides "not draining". */
   readiness?: ReadinessCheck[];
-  /** Extra admin routes (e.g. /metrics), path -> handler. */
+  /** Extra admin routes, path -> handler (/healthz, /readyz and /metrics are built in; a route given here for /metrics replaces the built-in one). */
   adminRoutes?: Record<string, http.RequestListener>;
   /** Interceptors run after the built-in ones. */
   interceptors?: Interceptor[];
@@ -54,6 +57,8 @@ export interface ServerOptions {
   shutdownTimeoutMs: number;
   drainDelayMs: number;
   logger: Logger;
+  /** RPC metrics (interceptor) and /metrics on the admin routes; on unless false (e.g. to measure their cost). */
+  metrics?: boolean;
 }
 
 export interface RunningServer {
@@ -71,15 +76,25 @@ export async function startServer(spec: ServiceSpec, opts: ServerOptions): Promi
   // Aborted only when in-flight calls overrun the shutdown bound: cuts them off.
   const hardStop = new AbortController();
   const health = new HealthStatus();
+  // Every call and stream listens on these two: many at once is normal, not a leak.
+  setMaxListeners(0, draining.signal, hardStop.signal);
 
-  const adminRoutes = adminHandler(spec, draining.signal, logger);
+  const metrics = opts.metrics !== false;
+  const adminRoutes = adminHandler(spec, draining.signal, logger, metrics);
   const handler = connectNodeAdapter({
     routes: (router) => {
       spec.routes(router, draining.signal);
       registerHealth(router, health, { stopWatches: draining.signal });
       registerReflection(router, spec.services);
     },
-    interceptors: [errorMapping(logger), refuseWhileDraining(draining.signal), cutOffAt(hardStop.signal), ...(spec.interceptors ?? [])],
+    // Metrics first: they time the whole chain and see the code the client gets (after errorMapping).
+    interceptors: [
+      ...(metrics ? [rpcServerMetrics()] : []),
+      errorMapping(logger),
+      refuseWhileDraining(draining.signal),
+      cutOffAt(hardStop.signal),
+      ...(spec.interceptors ?? []),
+    ],
     readMaxBytes: opts.maxRequestBytes,
     shutdownSignal: hardStop.signal,
     // A typo in a payment request should fail loudly, not be dropped.
@@ -176,7 +191,11 @@ export async function startServer(spec: ServiceSpec, opts: ServerOptions): Promi
   return { url, adminUrl, health, shutdown };
 }
 
-function adminHandler(spec: ServiceSpec, draining: AbortSignal, logger: Logger): http.RequestListener {
+function adminHandler(spec: ServiceSpec, draining: AbortSignal, logger: Logger, metrics: boolean): http.RequestListener {
+  const routes: Record<string, http.RequestListener> = {
+    ...(metrics ? { "/metrics": metricsHandler((err) => logger.error({ err }, "metrics collection failed")) } : {}),
+    ...spec.adminRoutes,
+  };
   const json = (res: http.ServerResponse, status: number, body: unknown) => {
     res.writeHead(status, { "content-type": "application/json" });
     res.end(JSON.stringify(body));
@@ -191,7 +210,7 @@ function adminHandler(spec: ServiceSpec, draining: AbortSignal, logger: Logger):
       });
       return;
     }
-    const extra = spec.adminRoutes?.[path];
+    const extra = Object.hasOwn(routes, path) ? routes[path] : undefined;
     if (extra) return extra(req, res);
     if (spec.fallback) return spec.fallback(req, res);
     json(res, 404, { error: `no route ${path}` });
