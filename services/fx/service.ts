@@ -14,13 +14,17 @@ import {
   type Rate,
 } from "../gen/paygate/fx/v1/fx_pb.js";
 import { formatDecimal, parseDecimal, type Decimal, type RoundingMode } from "../runtime/decimal.js";
-import { invalidArgument } from "../runtime/errors.js";
+import { DomainError, invalidArgument } from "../runtime/errors.js";
+import { counter } from "../runtime/metrics.js";
 import { newId } from "../runtime/ids.js";
 import { readTtl } from "../runtime/ttl.js";
 import { allCurrencies, currencyInfo, MAX_MINOR, money, parseDecimalAmount, readMoney, requirePositive } from "../runtime/money.js";
 import { applySpread, convertMinor, crossRate } from "./conversion.js";
 import type { MarketState, SimulatedMarket } from "./market.js";
 import type { QuoteRecord, QuoteStore } from "./quotes.js";
+
+const quotesMetric = counter("paygate_fx_quotes_total", "FX quotes by event: created, used, or refused because expired or already used.", ["event"]);
+const conversionsMetric = counter("paygate_fx_conversions_total", "Conversions, at the mid rate or at a quote's locked rate.", ["rate"]);
 
 export interface FxDeps {
   market: SimulatedMarket;
@@ -102,7 +106,14 @@ export function fxService(deps: FxDeps): ServiceImpl<typeof FxService> {
     if (req.toCurrency !== "" && req.toCurrency !== quote.toCurrency) {
       throw invalidArgument("QUOTE_CURRENCY_MISMATCH", "to_currency", `to_currency: quote ${quote.id} converts to ${quote.toCurrency}, not ${req.toCurrency}`);
     }
-    const used = await deps.quotes.use(quote.id, req.reference, deps.now());
+    const now = deps.now();
+    const used = await deps.quotes.use(quote.id, req.reference, now).catch((err: unknown) => {
+      if (err instanceof DomainError && err.reason === "QUOTE_EXPIRED") quotesMetric.inc({ event: "expired" });
+      if (err instanceof DomainError && err.reason === "QUOTE_ALREADY_USED") quotesMetric.inc({ event: "reuse_refused" });
+      throw err;
+    });
+    // Used now, not a replay of an earlier use by the same reference.
+    if (used.usedAt?.getTime() === now.getTime()) quotesMetric.inc({ event: "used" });
     return { from: used.fromCurrency, to: used.toCurrency, amountMinor: used.amountMinor, rate: parseDecimal(used.rate, "rate"), asOf: used.createdAt, quoteId: used.id };
   }
 
@@ -130,6 +141,7 @@ export function fxService(deps: FxDeps): ServiceImpl<typeof FxService> {
         const state = market.current();
         c = { from: amount.currency, to: req.toCurrency, amountMinor: amount.amountMinor, rate: midRate(state, amount.currency, req.toCurrency), asOf: state.asOf, quoteId: "" };
       }
+      conversionsMetric.inc({ rate: c.quoteId ? "quote" : "mid" });
       const result = convertMinor(c.amountMinor, currencyInfo(c.from, "from").minorUnits, c.rate, currencyInfo(c.to, "to").minorUnits, mode);
       requireRepresentable(result.convertedMinor, c.to);
       return {
@@ -165,6 +177,7 @@ export function fxService(deps: FxDeps): ServiceImpl<typeof FxService> {
         usedReference: null,
       };
       await deps.quotes.insert(record);
+      quotesMetric.inc({ event: "created" });
       return { quote: quoteMessage(record, now) };
     },
 

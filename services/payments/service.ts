@@ -25,6 +25,7 @@ import { currencyInfo } from "../runtime/money.js";
 import type { EventFeed } from "./events.js";
 import { IDEMPOTENCY_HEADER, REPLAYED_HEADER } from "../runtime/headers.js";
 import type { IdempotencyKeys } from "./idempotency.js";
+import { recordReplay } from "./metrics.js";
 import { isFinal, paymentMessage, statusFromProto, type PaymentRecord } from "./payment.js";
 import { reasonOf, type Saga } from "./saga.js";
 import type { PaymentStore } from "./store.js";
@@ -54,7 +55,10 @@ export function paymentsService(deps: PaymentsDeps): ServiceImpl<typeof Payments
   async function idempotent<R>(ctx: HandlerContext, merchantId: string, request: unknown, schema: Parameters<IdempotencyKeys["run"]>[3], fn: (scope: string | undefined) => Promise<R>): Promise<R> {
     const key = ctx.requestHeader.get(IDEMPOTENCY_HEADER) ?? "";
     const { response, replayed } = await keys.run(merchantId, key, request, schema, fn as never);
-    if (replayed) ctx.responseHeader.set(REPLAYED_HEADER, "true");
+    if (replayed) {
+      ctx.responseHeader.set(REPLAYED_HEADER, "true");
+      recordReplay(ctx.method.name);
+    }
     return response as R;
   }
 

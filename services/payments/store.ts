@@ -5,6 +5,7 @@ import { PaymentSchema } from "../gen/paygate/payments/v1/payments_pb.js";
 import type { Database, Queryable } from "../runtime/db.js";
 import { DomainError, failedPrecondition, invalidArgument, notFound } from "../runtime/errors.js";
 import { newId } from "../runtime/ids.js";
+import { recordStatus } from "./metrics.js";
 import { paymentMessage, sourcesOf, type PaymentRecord, type Status } from "./payment.js";
 
 interface PaymentRow {
@@ -120,6 +121,7 @@ export class PaymentStore {
       return payment;
     });
     this.onEvents();
+    recordStatus(created);
     return created;
   }
 
@@ -196,6 +198,7 @@ export class PaymentStore {
       return payment;
     });
     this.onEvents();
+    recordStatus(moved, expect?.refundedMinor);
     return moved;
   }
 

@@ -8,10 +8,14 @@ import type { FxService } from "../gen/paygate/fx/v1/fx_pb.js";
 import { DecisionSchema, Outcome as OutcomeProto, RiskService, type Decision, type ScoreRequest } from "../gen/paygate/risk/v1/risk_pb.js";
 import { DomainError, invalidArgument, notFound } from "../runtime/errors.js";
 import { newId } from "../runtime/ids.js";
+import { counter } from "../runtime/metrics.js";
 import { currencyInfo, money, readMoney, requirePositive } from "../runtime/money.js";
 import { downstream } from "../runtime/upstream.js";
 import { evaluate, type Outcome, type RuleSet } from "./rules.js";
 import type { DecisionRecord, DecisionStore } from "./store.js";
+
+const decisionsMetric = counter("paygate_risk_decisions_total", "Risk decisions by enforced outcome.", ["outcome"]);
+const reasonsMetric = counter("paygate_risk_reasons_total", "Risk rules that fired, by reason code and whether they ran in shadow.", ["reason", "shadow"]);
 
 export interface RiskDeps {
   rules: RuleSet;
@@ -61,6 +65,7 @@ export function riskService(deps: RiskDeps): ServiceImpl<typeof RiskService> {
       if (earlier) return { decision: toProto(sameRequest(earlier, requestHash)) };
 
       const base = await baseAmount(input.currency, input.amountMinor, ctx);
+      let decided = false; // a new decision, not one recorded earlier
       const decision = await store.scoring(input.accountId, async (tx) => {
         const raced = await tx.byPayment(input.paymentId);
         if (raced) return sameRequest(raced, requestHash);
@@ -90,8 +95,13 @@ export function riskService(deps: RiskDeps): ServiceImpl<typeof RiskService> {
           createdAt: now,
         };
         await tx.insert(record);
+        decided = true;
         return record;
       });
+      if (decided) {
+        decisionsMetric.inc({ outcome: decision.outcome });
+        for (const r of decision.reasons) reasonsMetric.inc({ reason: r.code, shadow: String(r.shadow) });
+      }
       return { decision: toProto(decision) };
     },
 

@@ -231,6 +231,16 @@ export class Ledger {
     return found.hold;
   }
 
+  /** Open holds per currency: how many, how much, and how many are past their expiry. */
+  async holdStats(): Promise<{ currency: string; open: number; heldMinor: bigint; overdue: number }[]> {
+    const { rows } = await this.db.query<{ currency: string; open: bigint; held: bigint; overdue: bigint }>(
+      `SELECT currency, count(*)::int8 AS open, sum(amount_minor)::int8 AS held, count(*) FILTER (WHERE expires_at < $1)::int8 AS overdue
+       FROM holds WHERE status = 'PENDING' GROUP BY currency`,
+      [this.now()],
+    );
+    return rows.map((r) => ({ currency: r.currency, open: Number(r.open), heldMinor: r.held, overdue: Number(r.overdue) }));
+  }
+
   /** Expires every pending hold past its time; returns how many. Runs on a timer. */
   async expireHolds(): Promise<number> {
     return this.db.transaction(async (tx) => {

@@ -5,6 +5,7 @@ import { WalletService } from "../gen/paygate/wallet/v1/wallet_pb.js";
 import { loadConfig, portVar, runtimeEnv, serverOptions } from "../runtime/config.js";
 import { databaseReady, openDatabase } from "../runtime/db.js";
 import { createLogger } from "../runtime/logger.js";
+import { gauge } from "../runtime/metrics.js";
 import { migrate } from "../runtime/migrate.js";
 import { runMain } from "../runtime/process.js";
 import { startServer } from "../runtime/server.js";
@@ -21,12 +22,34 @@ export const walletEnv = {
   WALLET_HOLD_SWEEP_MS: z.coerce.number().int().min(10).max(3_600_000).default(1_000),
 };
 
+/** The ledger the hold gauges read (the latest started, when tests start several in one process). */
+let holdSource: Ledger | undefined;
+
+/** Open holds and held amounts per currency, read from the ledger when Prometheus scrapes. */
+function registerHoldMetrics(ledger: Ledger): void {
+  holdSource = ledger;
+  const stats = async () => (holdSource ? holdSource.holdStats() : []);
+  gauge("paygate_wallet_open_holds", "Pending holds, by currency.", ["currency"], async function () {
+    this.reset();
+    for (const s of await stats()) this.set({ currency: s.currency }, s.open);
+  });
+  gauge("paygate_wallet_held_minor", "Money held by pending holds, in minor units, by currency.", ["currency"], async function () {
+    this.reset();
+    for (const s of await stats()) this.set({ currency: s.currency }, Number(s.heldMinor));
+  });
+  gauge("paygate_wallet_overdue_holds", "Pending holds past their expiry (the expiry sweep is behind), by currency.", ["currency"], async function () {
+    this.reset();
+    for (const s of await stats()) this.set({ currency: s.currency }, s.overdue);
+  });
+}
+
 export async function startWallet(env: NodeJS.ProcessEnv = process.env) {
   const config = loadConfig(walletEnv, env);
   const logger = createLogger("wallet", config.LOG_LEVEL);
   const db = await openDatabase({ url: config.DATABASE_URL, dataDir: config.DATA_DIR, schema: "wallet" });
   await migrate(db, fileURLToPath(new URL("./migrations", import.meta.url)));
   const ledger = new Ledger(db);
+  registerHoldMetrics(ledger);
   const sweeper = setInterval(() => {
     ledger.expireHolds().then(
       (n) => n > 0 && logger.info({ expired: n }, "holds expired"),
