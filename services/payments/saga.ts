@@ -4,6 +4,13 @@
 // top after any interruption — a crash, a timeout — and money still moves exactly once.
 // A step that fails for good ends the payment FAILED, undoing the hold if one was placed;
 // one that fails for now (an upstream unreachable) leaves it for the recovery sweep.
+//
+// Traces: run() is a span "saga.run" (a child of the RPC that drives it, or the root of a
+// trace of its own when the recovery sweep resumes a payment), each step a child span:
+// saga.risk, saga.fx_quote, saga.fx_use, saga.wallet_reserve, saga.wallet_capture,
+// saga.wallet_release. All carry paygate.payment_id, paygate.merchant_id and
+// paygate.currency (and paygate.settlement_currency when it differs), and so do the calls
+// and database transactions made inside them. Never card data, keys or secrets.
 import { Code, ConnectError, type CallOptions, type Client } from "@connectrpc/connect";
 import { ErrorDetailSchema } from "../gen/paygate/common/v1/common_pb.js";
 import type { FxService } from "../gen/paygate/fx/v1/fx_pb.js";
@@ -11,6 +18,7 @@ import { Outcome, type RiskService } from "../gen/paygate/risk/v1/risk_pb.js";
 import type { WalletService } from "../gen/paygate/wallet/v1/wallet_pb.js";
 import { money } from "../runtime/money.js";
 import type { Logger } from "../runtime/logger.js";
+import { withAttributes, withSpan, type PaygateAttributes } from "../runtime/tracing.js";
 import type { PaymentRecord } from "./payment.js";
 import type { PaymentStore } from "./store.js";
 
@@ -30,6 +38,22 @@ export function reasonOf(err: ConnectError): string {
   return err.findDetails(ErrorDetailSchema)[0]?.reason || Code[err.code].toUpperCase();
 }
 
+/** The trace attributes of a payment. */
+export function paymentAttributes(p: PaymentRecord): PaygateAttributes {
+  return {
+    "paygate.payment_id": p.id,
+    "paygate.merchant_id": p.merchantId,
+    "paygate.currency": p.currency,
+    ...(p.settlementCurrency !== p.currency ? { "paygate.settlement_currency": p.settlementCurrency } : {}),
+  };
+}
+
+/** Runs one saga step of `p` in a span `saga.<name>` carrying the payment's attributes. */
+function step<T>(name: string, p: PaymentRecord, fn: () => Promise<T>): Promise<T> {
+  const attrs = paymentAttributes(p);
+  return withSpan(`saga.${name}`, { ...attrs }, () => withAttributes(attrs, fn));
+}
+
 export class Saga {
   constructor(
     private readonly store: PaymentStore,
@@ -39,34 +63,43 @@ export class Saga {
 
   /** Drives a payment as far as it can go now; returns it as it then stands. */
   async run(p: PaymentRecord, call: CallOptions): Promise<PaymentRecord> {
-    try {
-      if (p.status === "PENDING") p = await this.authorize(p, call);
-      if (p.status === "AUTHORIZED" && p.captureMethod === "AUTOMATIC") p = await this.capture(p, undefined, call);
-      return p;
-    } catch (err) {
-      if (isTransient(err)) {
-        this.logger.warn({ paymentId: p.id, err: err instanceof Error ? err.message : String(err) }, "payment paused: will resume");
-        return this.store.get(p.id);
-      }
-      throw err;
-    }
+    return withAttributes(paymentAttributes(p), () =>
+      withSpan("saga.run", {}, async (span) => {
+        try {
+          if (p.status === "PENDING") p = await this.authorize(p, call);
+          if (p.status === "AUTHORIZED" && p.captureMethod === "AUTOMATIC") p = await this.capture(p, undefined, call);
+          span.setAttribute("paygate.payment_status", p.status);
+          this.logger.info({ paymentId: p.id, merchantId: p.merchantId, status: p.status, ...(p.failureReason ? { failureReason: p.failureReason } : {}) }, "payment processed");
+          return p;
+        } catch (err) {
+          if (isTransient(err)) {
+            this.logger.warn({ paymentId: p.id, err: err instanceof Error ? err.message : String(err) }, "payment paused: will resume");
+            span.setAttribute("paygate.payment_status", "PAUSED");
+            return this.store.get(p.id);
+          }
+          throw err;
+        }
+      }),
+    );
   }
 
   private async authorize(p: PaymentRecord, call: CallOptions): Promise<PaymentRecord> {
     const source = (await this.up.wallet.getAccount({ accountId: p.sourceAccountId }, call)).account!;
 
     if (p.riskDecisionId === "") {
-      const { decision } = await this.up.risk.score(
-        {
-          paymentId: p.id,
-          accountId: p.sourceAccountId,
-          destinationAccountId: p.destinationAccountId,
-          amount: money(p.currency, p.amountMinor),
-          accountCurrency: source.currency,
-          accountOpenedAt: source.createdAt,
-          merchantId: p.merchantId,
-        },
-        call,
+      const { decision } = await step("risk", p, () =>
+        this.up.risk.score(
+          {
+            paymentId: p.id,
+            accountId: p.sourceAccountId,
+            destinationAccountId: p.destinationAccountId,
+            amount: money(p.currency, p.amountMinor),
+            accountCurrency: source.currency,
+            accountOpenedAt: source.createdAt,
+            merchantId: p.merchantId,
+          },
+          call,
+        ),
       );
       p = await this.store.patch(p.id, { riskDecisionId: decision!.id, riskScore: decision!.score });
       if (decision!.outcome === Outcome.DECLINE) {
@@ -79,12 +112,12 @@ export class Saga {
     let fx: { rate: string; quoteId: string; destinationAmount: ReturnType<typeof money> } | undefined;
     if (p.settlementCurrency !== p.currency) {
       if (p.fxQuoteId === null) {
-        const { quote } = await this.up.fx.createQuote({ source: { case: "amount", value: money(p.currency, p.amountMinor) }, toCurrency: p.settlementCurrency }, call);
+        const { quote } = await step("fx_quote", p, () => this.up.fx.createQuote({ source: { case: "amount", value: money(p.currency, p.amountMinor) }, toCurrency: p.settlementCurrency }, call));
         p = await this.store.patch(p.id, { fxQuoteId: quote!.id, fxRate: quote!.rate, settlementMinor: quote!.converted!.amountMinor });
       }
       try {
         // Uses the quote up, on behalf of this payment (the same payment may use it again).
-        await this.up.fx.convert({ quoteId: p.fxQuoteId!, reference: p.id }, call);
+        await step("fx_use", p, () => this.up.fx.convert({ quoteId: p.fxQuoteId!, reference: p.id }, call));
       } catch (err) {
         if (err instanceof ConnectError && !isTransient(err)) return this.fail(p, reasonOf(err), err.rawMessage);
         throw err;
@@ -96,9 +129,8 @@ export class Saga {
     }
 
     try {
-      await this.up.wallet.reserve(
-        { holdId: p.id, accountId: p.sourceAccountId, destinationAccountId: p.destinationAccountId, amount: money(p.currency, p.amountMinor), fx },
-        call,
+      await step("wallet_reserve", p, () =>
+        this.up.wallet.reserve({ holdId: p.id, accountId: p.sourceAccountId, destinationAccountId: p.destinationAccountId, amount: money(p.currency, p.amountMinor), fx }, call),
       );
     } catch (err) {
       if (err instanceof ConnectError && !isTransient(err)) return this.fail(p, reasonOf(err), err.rawMessage);
@@ -112,14 +144,14 @@ export class Saga {
     const captured = amountMinor ?? p.amountMinor;
     let hold;
     try {
-      ({ hold } = await this.up.wallet.capture({ holdId: p.id, amount: amountMinor === undefined ? undefined : money(p.currency, amountMinor) }, call));
+      ({ hold } = await step("wallet_capture", p, () => this.up.wallet.capture({ holdId: p.id, amount: amountMinor === undefined ? undefined : money(p.currency, amountMinor) }, call)));
     } catch (err) {
       if (!(err instanceof ConnectError) || isTransient(err)) throw err;
       const reason = reasonOf(err);
       // The hold is gone (expired or released): nothing to undo, the authorization lapsed.
       if (reason === "HOLD_EXPIRED" || reason === "HOLD_RELEASED") return this.store.transition(p.id, "CANCELED", "payment.canceled", { failureReason: "AUTHORIZATION_EXPIRED", failureMessage: err.rawMessage });
       if (p.captureMethod === "MANUAL") throw err; // e.g. more than authorized: the caller's mistake, payment unchanged
-      await this.up.wallet.release({ holdId: p.id }, call);
+      await step("wallet_release", p, () => this.up.wallet.release({ holdId: p.id }, call));
       return this.store.transition(p.id, "FAILED", "payment.failed", { failureReason: reason, failureMessage: err.rawMessage });
     }
     const settlementCaptured = hold!.capturedDestinationAmount?.amountMinor ?? 0n;

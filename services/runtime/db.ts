@@ -7,7 +7,10 @@ import path from "node:path";
 import { PGlite } from "@electric-sql/pglite";
 import { performance } from "node:perf_hooks";
 import pg from "pg";
+import { context, SpanKind, SpanStatusCode, trace, type Span } from "@opentelemetry/api";
+import { DomainError } from "./errors.js";
 import { gauge, histogram, counter } from "./metrics.js";
+import { contextAttributes, errorType, tracer } from "./tracing.js";
 
 export interface Queryable {
   query<T = Record<string, unknown>>(sql: string, params?: unknown[]): Promise<{ rows: T[]; rowCount: number }>;
@@ -86,6 +89,49 @@ async function timed<T>(operation: "query" | "transaction", run: () => Promise<T
   }
 }
 
+// Traces: a CLIENT span "db.transaction" per transaction() run inside a traced request (a
+// child of the RPC, REST or saga span; background sweeps outside any trace make none), with
+// db.system / db.system.name = "postgresql", db.operation.name = "TRANSACTION",
+// paygate.db.schema, paygate.db.backend ("postgres" | "pglite"), paygate.db.outcome
+// ("commit" | "rollback"), paygate.db.attempts (PostgreSQL retries) and the Paygate
+// attributes of the enclosing code (paygate.payment_id...). Never SQL text or values.
+// A rollback by a domain error (a refusal) is not a span error; any other failure is.
+function traced<T>(backend: Database["backend"], schema: string, run: (span: Span | undefined) => Promise<T>): Promise<T> {
+  const parent = context.active();
+  if (trace.getSpan(parent) === undefined) return run(undefined);
+  const span = tracer.startSpan(
+    "db.transaction",
+    {
+      kind: SpanKind.CLIENT,
+      attributes: {
+        ...contextAttributes(parent),
+        "db.system": "postgresql",
+        "db.system.name": "postgresql",
+        "db.operation.name": "TRANSACTION",
+        "paygate.db.schema": schema,
+        "paygate.db.backend": backend,
+      },
+    },
+    parent,
+  );
+  return context.with(trace.setSpan(parent, span), () => run(span)).then(
+    (result) => {
+      span.setAttribute("paygate.db.outcome", "commit");
+      span.end();
+      return result;
+    },
+    (err: unknown) => {
+      span.setAttribute("paygate.db.outcome", "rollback");
+      if (!(err instanceof DomainError)) {
+        span.setAttribute("error.type", errorType(err));
+        span.setStatus({ code: SpanStatusCode.ERROR, message: errorType(err) });
+      }
+      span.end();
+      throw err;
+    },
+  );
+}
+
 export async function openDatabase(opts: DatabaseOptions): Promise<Database> {
   if (!/^[a-z_][a-z0-9_]*$/.test(opts.schema)) throw new Error(`invalid schema name ${opts.schema}`);
   return opts.url ? openPostgres(opts.url, opts.schema, opts.poolSize ?? 10) : openPglite(opts.dataDir, opts.schema);
@@ -117,30 +163,33 @@ async function openPostgres(url: string, schema: string, max: number): Promise<D
     query: (sql, params) => query(pool, sql, params),
     exec: async (sql) => void (await pool.query(sql)),
     transaction: (fn) =>
-      timed("transaction", async () => {
-        for (let attempt = 1; ; attempt++) {
-          const client = await pool.connect();
-          try {
-            await client.query("BEGIN");
-            const result = await fn({ query: (sql, params) => query(client, sql, params), exec: async (sql) => void (await client.query(sql)) });
-            await client.query("COMMIT");
-            dbTransactions.inc({ outcome: "commit" });
-            return result;
-          } catch (err) {
-            await client.query("ROLLBACK").catch(() => {});
-            // A deadlock or serialization failure aborts a transaction that did nothing wrong:
-            // run it again (all its effects were rolled back).
-            if (attempt < MAX_ATTEMPTS && RETRYABLE.has((err as { code?: string }).code ?? "")) {
-              dbTransactions.inc({ outcome: "retry" });
-              continue;
+      traced("postgres", schema, (span) =>
+        timed("transaction", async () => {
+          for (let attempt = 1; ; attempt++) {
+            span?.setAttribute("paygate.db.attempts", attempt);
+            const client = await pool.connect();
+            try {
+              await client.query("BEGIN");
+              const result = await fn({ query: (sql, params) => query(client, sql, params), exec: async (sql) => void (await client.query(sql)) });
+              await client.query("COMMIT");
+              dbTransactions.inc({ outcome: "commit" });
+              return result;
+            } catch (err) {
+              await client.query("ROLLBACK").catch(() => {});
+              // A deadlock or serialization failure aborts a transaction that did nothing wrong:
+              // run it again (all its effects were rolled back).
+              if (attempt < MAX_ATTEMPTS && RETRYABLE.has((err as { code?: string }).code ?? "")) {
+                dbTransactions.inc({ outcome: "retry" });
+                continue;
+              }
+              dbTransactions.inc({ outcome: "rollback" });
+              throw err;
+            } finally {
+              client.release();
             }
-            dbTransactions.inc({ outcome: "rollback" });
-            throw err;
-          } finally {
-            client.release();
           }
-        }
-      }),
+        }),
+      ),
     close: async () => {
       pools.delete(pool);
       await pool.end();
@@ -168,16 +217,18 @@ async function openPglite(dataDir: string, schema: string): Promise<Database> {
     exec: async (sql) => void (await db.exec(sql)),
     // PGlite is one connection: its transaction() also serialises concurrent callers.
     transaction: (fn) =>
-      timed("transaction", async () => {
-        try {
-          const result = await db.transaction((tx) => fn({ query: (sql, params) => query(tx, sql, params), exec: async (sql) => void (await tx.exec(sql)) }));
-          dbTransactions.inc({ outcome: "commit" });
-          return result;
-        } catch (err) {
-          dbTransactions.inc({ outcome: "rollback" });
-          throw err;
-        }
-      }),
+      traced("pglite", schema, () =>
+        timed("transaction", async () => {
+          try {
+            const result = await db.transaction((tx) => fn({ query: (sql, params) => query(tx, sql, params), exec: async (sql) => void (await tx.exec(sql)) }));
+            dbTransactions.inc({ outcome: "commit" });
+            return result;
+          } catch (err) {
+            dbTransactions.inc({ outcome: "rollback" });
+            throw err;
+          }
+        }),
+      ),
     close: () => db.close(),
   };
 }

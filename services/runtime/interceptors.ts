@@ -1,8 +1,10 @@
 // Server interceptors every service runs. Kept in a list so later concerns (metrics,
 // tracing) plug in beside them without touching the services.
 import { Code, ConnectError, type Interceptor, type StreamResponse } from "@connectrpc/connect";
+import { performance } from "node:perf_hooks";
 import { DomainError, toConnectError } from "./errors.js";
 import type { Logger } from "./logger.js";
+import { codeName } from "./metrics.js";
 
 /**
  * Maps every error leaving a handler to what a client may see: domain errors to their code
@@ -34,6 +36,28 @@ async function* mapStream<T>(messages: AsyncIterable<T>, map: (err: unknown) => 
   } catch (err) {
     throw map(err);
   }
+}
+
+/**
+ * One debug line per RPC (health checks excepted): procedure, code and duration in ms (for
+ * streams: until the response stream started). Inside the tracing interceptor, so the
+ * line carries the call's trace_id and span_id. Costs one level check when debug is off.
+ */
+export function rpcLog(logger: Logger): Interceptor {
+  return (next) => async (req) => {
+    if (!logger.isLevelEnabled("debug") || req.method.parent.typeName === "grpc.health.v1.Health") return next(req);
+    const procedure = req.method.parent.typeName + "/" + req.method.name;
+    const t0 = performance.now();
+    const line = (code: string) => ({ procedure, stream: req.stream || undefined, code, ms: Math.round((performance.now() - t0) * 10) / 10 });
+    try {
+      const res = await next(req);
+      logger.debug(line("ok"), "rpc");
+      return res;
+    } catch (err) {
+      logger.debug(line(codeName(ConnectError.from(err).code)), "rpc");
+      throw err;
+    }
+  };
 }
 
 /** Refuses new calls once the server drains, except health checks, which report NOT_SERVING. */

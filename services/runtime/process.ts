@@ -2,6 +2,7 @@
 // configuration error into one clear message and exit code 2 instead of a stack trace.
 import { ConfigError } from "./config.js";
 import type { RunningServer } from "./server.js";
+import { shutdownTracing } from "./tracing.js";
 
 export async function runMain(start: () => Promise<RunningServer>): Promise<void> {
   let server: RunningServer;
@@ -16,13 +17,17 @@ export async function runMain(start: () => Promise<RunningServer>): Promise<void
     process.exit(1);
   }
   const stop = () => {
-    server.shutdown().then(
-      () => process.exit(0),
-      (err: unknown) => {
-        process.stderr.write(`shutdown failed: ${String(err)}\n`);
-        process.exit(1);
-      },
-    );
+    server
+      .shutdown()
+      // The last spans go out before the process does (bounded).
+      .then(() => shutdownTracing(3_000))
+      .then(
+        () => process.exit(0),
+        (err: unknown) => {
+          process.stderr.write(`shutdown failed: ${String(err)}\n`);
+          process.exit(1);
+        },
+      );
   };
   process.once("SIGTERM", stop);
   process.once("SIGINT", stop);

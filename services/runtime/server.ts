@@ -6,6 +6,8 @@
 // http2 server, anything else to the http1 server; both run the same Connect handler.
 // Beside it an admin port serves /healthz (liveness), /readyz (readiness) and /metrics
 // (Prometheus); a server without an admin port serves them on its one port.
+// Every RPC is traced (OpenTelemetry SERVER span, parent from its traceparent header), and so
+// is every plain HTTP request the service's fallback answers (the gateway's REST routes).
 import { setMaxListeners } from "node:events";
 import http from "node:http";
 import http2 from "node:http2";
@@ -16,8 +18,9 @@ import { connectNodeAdapter } from "@connectrpc/connect-node";
 import type { DescService } from "@bufbuild/protobuf";
 import { HealthStatus, registerHealth } from "./health.js";
 import { registerReflection } from "./reflection.js";
-import { cutOffAt, errorMapping, refuseWhileDraining } from "./interceptors.js";
+import { cutOffAt, errorMapping, refuseWhileDraining, rpcLog } from "./interceptors.js";
 import { metricsHandler, rpcServerMetrics } from "./metrics.js";
+import { flushTracing, initTracing, rpcServerTracing, tracedHttpHandler, tracingInfo } from "./tracing.js";
 import { HealthCheckResponse_ServingStatus as ServingStatus } from "../gen/health/v1/health_pb.js";
 import type { Logger } from "./logger.js";
 
@@ -59,6 +62,8 @@ export interface ServerOptions {
   logger: Logger;
   /** RPC metrics (interceptor) and /metrics on the admin routes; on unless false (e.g. to measure their cost). */
   metrics?: boolean;
+  /** Trace spans for RPCs and fallback routes; on unless false (e.g. to measure their cost). */
+  tracing?: boolean;
 }
 
 export interface RunningServer {
@@ -80,16 +85,24 @@ export async function startServer(spec: ServiceSpec, opts: ServerOptions): Promi
   setMaxListeners(0, draining.signal, hardStop.signal);
 
   const metrics = opts.metrics !== false;
-  const adminRoutes = adminHandler(spec, draining.signal, logger, metrics);
+  const tracing = opts.tracing !== false;
+  // Once per process (the first server names the resource); exports only what OTEL_* asks for.
+  await initTracing(spec.name, logger);
+  // The service's own HTTP routes get a SERVER span; health and metrics endpoints do not.
+  const fallback = spec.fallback && tracing ? tracedHttpHandler(spec.fallback, (path) => ADMIN_PATHS.has(path)) : spec.fallback;
+  const adminRoutes = adminHandler(spec, fallback, draining.signal, logger, metrics);
   const handler = connectNodeAdapter({
     routes: (router) => {
       spec.routes(router, draining.signal);
       registerHealth(router, health, { stopWatches: draining.signal });
       registerReflection(router, spec.services);
     },
-    // Metrics first: they time the whole chain and see the code the client gets (after errorMapping).
+    // Tracing first: the span covers everything and everything (metrics, logs) runs inside it.
+    // Then metrics: they time the whole chain and see the code the client gets (after errorMapping).
     interceptors: [
+      ...(tracing ? [rpcServerTracing()] : []),
       ...(metrics ? [rpcServerMetrics()] : []),
+      rpcLog(logger),
       errorMapping(logger),
       refuseWhileDraining(draining.signal),
       cutOffAt(hardStop.signal),
@@ -100,7 +113,7 @@ export async function startServer(spec: ServiceSpec, opts: ServerOptions): Promi
     // A typo in a payment request should fail loudly, not be dropped.
     jsonOptions: { ignoreUnknownFields: false },
     // Non-RPC paths: the admin routes when they share the port, then the service's own.
-    fallback: (opts.adminPort === undefined ? adminRoutes : spec.fallback) as Parameters<typeof connectNodeAdapter>[0]["fallback"],
+    fallback: (opts.adminPort === undefined ? adminRoutes : fallback) as Parameters<typeof connectNodeAdapter>[0]["fallback"],
   });
 
   let inFlight = 0;
@@ -161,7 +174,7 @@ export async function startServer(spec: ServiceSpec, opts: ServerOptions): Promi
 
   const url = `http://${hostForUrl(tcp)}`;
   const adminUrl = admin ? `http://${hostForUrl(admin)}` : url;
-  logger.info({ url, adminUrl }, `${spec.name} listening`);
+  logger.info({ url, adminUrl, traceExporters: tracingInfo()?.exporters ?? [] }, `${spec.name} listening`);
 
   let stopping: Promise<void> | undefined;
   const shutdown = () =>
@@ -184,6 +197,9 @@ export async function startServer(spec: ServiceSpec, opts: ServerOptions): Promi
         await new Promise<void>((r) => admin.close(() => r()));
       }
       await spec.close?.();
+      // Spans of the last calls go out now, not at the next batch (bounded: a collector that is
+      // down must not hold shutdown). The process's provider stays up for other servers in it.
+      await flushTracing(2_000);
       logger.info("stopped");
       await new Promise<void>((r) => logger.flush(() => r()));
     })());
@@ -191,7 +207,10 @@ export async function startServer(spec: ServiceSpec, opts: ServerOptions): Promi
   return { url, adminUrl, health, shutdown };
 }
 
-function adminHandler(spec: ServiceSpec, draining: AbortSignal, logger: Logger, metrics: boolean): http.RequestListener {
+/** Admin paths: never traced (probes and scrapes would bury the payments). */
+const ADMIN_PATHS = new Set(["/healthz", "/readyz", "/metrics"]);
+
+function adminHandler(spec: ServiceSpec, fallback: http.RequestListener | undefined, draining: AbortSignal, logger: Logger, metrics: boolean): http.RequestListener {
   const routes: Record<string, http.RequestListener> = {
     ...(metrics ? { "/metrics": metricsHandler((err) => logger.error({ err }, "metrics collection failed")) } : {}),
     ...spec.adminRoutes,
@@ -212,7 +231,7 @@ function adminHandler(spec: ServiceSpec, draining: AbortSignal, logger: Logger, 
     }
     const extra = Object.hasOwn(routes, path) ? routes[path] : undefined;
     if (extra) return extra(req, res);
-    if (spec.fallback) return spec.fallback(req, res);
+    if (fallback) return fallback(req, res);
     json(res, 404, { error: `no route ${path}` });
   };
 }

@@ -1,15 +1,17 @@
 // Calls to other Paygate services: one transport per upstream (one HTTP/2 session, reused),
-// the binary gRPC protocol on the wire, the caller's deadline carried downstream, and client
-// RED metrics (rpc_client_requests_total, rpc_client_request_duration_seconds) per call.
+// the binary gRPC protocol on the wire, the caller's deadline carried downstream, a CLIENT
+// span per call whose traceparent goes out with it, and client RED metrics
+// (rpc_client_requests_total, rpc_client_request_duration_seconds) per call.
 import { createClient, type CallOptions, type Client, type HandlerContext, type Transport } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import type { DescService } from "@bufbuild/protobuf";
 import { Health, HealthCheckResponse_ServingStatus as ServingStatus } from "../gen/health/v1/health_pb.js";
 import { rpcClientMetrics } from "./metrics.js";
+import { rpcClientTracing } from "./tracing.js";
 import type { ReadinessCheck } from "./server.js";
 
 export function upstreamTransport(baseUrl: string): Transport {
-  return createGrpcTransport({ baseUrl, interceptors: [rpcClientMetrics()] });
+  return createGrpcTransport({ baseUrl, interceptors: [rpcClientTracing(baseUrl), rpcClientMetrics()] });
 }
 
 export function upstreamClient<S extends DescService>(service: S, transport: Transport): Client<S> {

@@ -1,0 +1,309 @@
+// Tracing is configured by the standard OTEL_* variables alone, in a real service process:
+//   - none set: no exporter, nothing is sent (not even to the default localhost:4318);
+//   - OTEL_EXPORTER_OTLP_ENDPOINT: spans arrive as OTLP/HTTP protobuf at <endpoint>/v1/traces,
+//     the last ones flushed when the process stops on SIGTERM;
+//   - OTEL_EXPORTER_OTLP_TRACES_ENDPOINT + OTEL_EXPORTER_OTLP_PROTOCOL=http/json +
+//     OTEL_SERVICE_NAME: OTLP JSON at exactly that URL, with that service name;
+//   - a protocol Paygate cannot speak (grpc) stops start-up with a clear message (exit 2);
+//   - the five services as five processes (as `npm start` runs them) with one
+//     OTEL_EXPORTER_OTLP_ENDPOINT: one CreatePayment is one trace holding spans of five
+//     resources (service.name gateway, payments, risk, fx, wallet).
+// The receiver is a tiny HTTP server on 127.0.0.1; the single-service cases use the fx
+// process (`node --import tsx services/fx/main.ts`), the smallest one with a database.
+import { spawn, type ChildProcess } from "node:child_process";
+import { randomBytes } from "node:crypto";
+import http from "node:http";
+import os from "node:os";
+import { afterEach, describe, expect, it, vi } from "vitest";
+import { createClient } from "@connectrpc/connect";
+import { createConnectTransport } from "@connectrpc/connect-node";
+import { FxService } from "../../services/gen/paygate/fx/v1/fx_pb.js";
+import { PaymentsService, PaymentStatus } from "../../services/gen/paygate/payments/v1/payments_pb.js";
+import { ConfigError } from "../../services/runtime/config.js";
+import { exportersFromEnv } from "../../services/runtime/tracing.js";
+import { ACME, bearer, freePort, repoRoot, sleep, waitFor } from "../support/stack.js";
+
+vi.setConfig({ testTimeout: 60_000 });
+
+interface Post {
+  path: string;
+  contentType: string;
+  body: Buffer;
+}
+
+interface Receiver {
+  url: string;
+  posts: Post[];
+  close(): Promise<void>;
+}
+
+/** An OTLP/HTTP receiver: records every request, answers 200 with an empty body. */
+async function startReceiver(port = 0, host = "127.0.0.1"): Promise<Receiver> {
+  const posts: Post[] = [];
+  const server = http.createServer((req, res) => {
+    const chunks: Buffer[] = [];
+    req.on("data", (c: Buffer) => chunks.push(c));
+    req.on("end", () => {
+      posts.push({ path: `${req.method} ${req.url}`, contentType: req.headers["content-type"] ?? "", body: Buffer.concat(chunks) });
+      const json = (req.headers["content-type"] ?? "").includes("json");
+      res.writeHead(200, { "content-type": json ? "application/json" : "application/x-protobuf" });
+      res.end(json ? "{}" : undefined);
+    });
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once("error", reject);
+    server.listen(port, host, () => resolve());
+  });
+  const { port: bound } = server.address() as import("node:net").AddressInfo;
+  return {
+    url: `http://${host.includes(":") ? `[${host}]` : host}:${bound}`,
+    posts,
+    close: () =>
+      new Promise<void>((r) => {
+        server.closeAllConnections();
+        server.close(() => r());
+      }),
+  };
+}
+
+interface Service {
+  child: ChildProcess;
+  url: string;
+  /** Parsed JSON log lines written to stdout so far. */
+  logs(): Record<string, unknown>[];
+  stderr(): string;
+  exited: Promise<number | null>;
+}
+
+const children: ChildProcess[] = [];
+const receivers: Receiver[] = [];
+afterEach(async () => {
+  for (const c of children.splice(0)) if (c.exitCode === null && c.signalCode === null) c.kill("SIGKILL");
+  for (const r of receivers.splice(0)) await r.close();
+});
+
+type Fx = Service;
+
+/** A service as its own process (`services/<name>/main.ts`), with only `env` and the basics in its environment. */
+function startProcess(name: string, port: number, env: Record<string, string>): Service {
+  const child = spawn(process.execPath, ["--import", "tsx", `services/${name}/main.ts`], {
+    cwd: repoRoot,
+    env: { PATH: process.env.PATH ?? "", HOME: process.env.HOME ?? os.tmpdir(), HOST: "127.0.0.1", DATA_DIR: "memory://", LOG_LEVEL: "info", ...env },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  children.push(child);
+  let stdout = "";
+  let stderr = "";
+  child.stdout!.on("data", (d: Buffer) => (stdout += d.toString("utf8")));
+  child.stderr!.on("data", (d: Buffer) => (stderr += d.toString("utf8")));
+  const exited = new Promise<number | null>((resolve) => child.once("exit", (code) => resolve(code)));
+  return {
+    child,
+    url: `http://127.0.0.1:${port}`,
+    logs: () =>
+      stdout
+        .split("\n")
+        .filter((l) => l.startsWith("{"))
+        .map((l) => JSON.parse(l) as Record<string, unknown>),
+    stderr: () => stderr,
+    exited,
+  };
+}
+
+/** The fx service as its own process, with only `otel` (and what it needs to run) in its environment. */
+async function startFxProcess(otel: Record<string, string>): Promise<Fx> {
+  const port = await freePort();
+  return startProcess("fx", port, { FX_PORT: String(port), FX_ADMIN_PORT: String(await freePort()), FX_MARKET_TICK_MS: "0", ...otel });
+}
+
+async function ready(svc: Service, name = "fx"): Promise<void> {
+  await waitFor(
+    () => {
+      if (svc.child.exitCode !== null) throw new Error(`${name} exited early (${svc.child.exitCode}):\n${svc.stderr()}`);
+      return svc.logs().some((l) => l.msg === `${name} listening`);
+    },
+    `the ${name} process to listen`,
+    60_000,
+    50,
+    (err) => err instanceof Error && err.message.startsWith(`${name} exited`),
+  );
+}
+
+/** Calls fx (Connect, HTTP/1.1) in a trace of the test's own; returns its trace id. */
+async function callFx(fx: Fx): Promise<string> {
+  const traceId = randomBytes(16).toString("hex");
+  const client = createClient(FxService, createConnectTransport({ baseUrl: fx.url, httpVersion: "1.1" }));
+  const { currencies } = await client.listCurrencies({}, { headers: { traceparent: `00-${traceId}-${randomBytes(8).toString("hex")}-01` } });
+  expect(currencies.length).toBeGreaterThan(0);
+  return traceId;
+}
+
+async function stop(fx: Fx): Promise<number | null> {
+  fx.child.kill("SIGTERM");
+  return fx.exited;
+}
+
+describe("tracing configured by OTEL_* variables (a real fx process)", () => {
+  it("with no OTEL_* variable there is no exporter and nothing is sent, not even to the default localhost:4318", async () => {
+    // Listen where an SDK with the specification's defaults would send (when the port is free here).
+    const defaults: Receiver[] = [];
+    for (const host of ["127.0.0.1", "::1"]) {
+      const r = await startReceiver(4318, host).catch(() => undefined);
+      if (r) defaults.push(r), receivers.push(r);
+    }
+    const fx = await startFxProcess({});
+    await ready(fx);
+    expect(fx.logs().find((l) => l.msg === "fx listening")).toMatchObject({ traceExporters: [] });
+    await callFx(fx);
+    await callFx(fx);
+    expect(await stop(fx)).toBe(0);
+    await sleep(200);
+    expect(defaults.flatMap((r) => r.posts)).toEqual([]);
+    expect(fx.stderr()).toBe("");
+  });
+
+  it("OTEL_EXPORTER_OTLP_ENDPOINT: OTLP/HTTP protobuf arrives at /v1/traces, flushed on SIGTERM", async () => {
+    const receiver = await startReceiver();
+    receivers.push(receiver);
+    // A batch delay longer than the test: only the shutdown flush can deliver the spans.
+    const fx = await startFxProcess({ OTEL_EXPORTER_OTLP_ENDPOINT: receiver.url, OTEL_BSP_SCHEDULE_DELAY: "600000" });
+    await ready(fx);
+    expect(fx.logs().find((l) => l.msg === "fx listening")).toMatchObject({ traceExporters: ["otlp http/protobuf"] });
+    const traceId = await callFx(fx);
+    expect(receiver.posts).toEqual([]);
+    expect(await stop(fx)).toBe(0);
+    const posts = receiver.posts.filter((p) => p.path === "POST /v1/traces");
+    expect(posts.length, `requests received: ${receiver.posts.map((p) => p.path).join(", ")}`).toBeGreaterThan(0);
+    expect(posts[0]!.contentType).toBe("application/x-protobuf");
+    const body = Buffer.concat(posts.map((p) => p.body));
+    // Protobuf: the trace id as 16 raw bytes, names and attribute values as plain strings.
+    expect(body.includes(Buffer.from(traceId, "hex")), "the call's trace id").toBe(true);
+    expect(body.includes(Buffer.from("paygate.fx.v1.FxService/ListCurrencies")), "the SERVER span's name").toBe(true);
+    expect(body.includes(Buffer.from("service.name")) && body.includes(Buffer.from("fx")), "the resource names the service").toBe(true);
+  });
+
+  it("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT with http/json and OTEL_SERVICE_NAME: OTLP JSON at that exact URL, batched while running", async () => {
+    const receiver = await startReceiver();
+    receivers.push(receiver);
+    const fx = await startFxProcess({
+      OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: `${receiver.url}/collector/traces`,
+      OTEL_EXPORTER_OTLP_PROTOCOL: "http/json",
+      OTEL_SERVICE_NAME: "fx-under-test",
+      OTEL_BSP_SCHEDULE_DELAY: "100",
+    });
+    await ready(fx);
+    expect(fx.logs().find((l) => l.msg === "fx listening")).toMatchObject({ traceExporters: ["otlp http/json"] });
+    const traceId = await callFx(fx);
+    type OtlpJson = {
+      resourceSpans: { resource: { attributes: { key: string; value: { stringValue?: string } }[] }; scopeSpans: { spans: { traceId: string; name: string; kind: number; attributes: { key: string }[] }[] }[] }[];
+    };
+    const payload = await waitFor(() => {
+      const p = receiver.posts.find((x) => x.path === "POST /collector/traces");
+      return p ? p : undefined;
+    }, "an OTLP JSON export while the process runs");
+    expect(payload.contentType).toBe("application/json");
+    const json = JSON.parse(payload.body.toString("utf8")) as OtlpJson;
+    const rs = json.resourceSpans[0]!;
+    expect(rs.resource.attributes.find((a) => a.key === "service.name")?.value.stringValue).toBe("fx-under-test");
+    const spans = rs.scopeSpans.flatMap((s) => s.spans);
+    const server = spans.find((s) => s.traceId === traceId);
+    expect(server).toMatchObject({ name: "paygate.fx.v1.FxService/ListCurrencies", kind: 2 /* SERVER */ });
+    expect(server!.attributes.map((a) => a.key)).toEqual(expect.arrayContaining(["rpc.system", "rpc.service", "rpc.method", "rpc.grpc.status_code"]));
+    expect(await stop(fx)).toBe(0);
+  });
+
+  it("five service processes, one endpoint: one CreatePayment is one trace with spans of all five services", async () => {
+    const receiver = await startReceiver();
+    receivers.push(receiver);
+    const otel = { OTEL_EXPORTER_OTLP_ENDPOINT: receiver.url, OTEL_EXPORTER_OTLP_PROTOCOL: "http/json", OTEL_BSP_SCHEDULE_DELAY: "200" };
+    const port: Record<string, number> = {};
+    for (const n of ["fx", "wallet", "risk", "payments", "gateway"]) port[n] = await freePort();
+    const url = (n: string) => `http://127.0.0.1:${port[n]}`;
+    const admin = async () => String(await freePort());
+    const started: [string, Service][] = [];
+    const up = async (name: string, env: Record<string, string>) => {
+      const svc = startProcess(name, port[name]!, { ...otel, ...env });
+      started.push([name, svc]);
+      return svc;
+    };
+    await Promise.all([
+      up("fx", { FX_PORT: String(port.fx), FX_ADMIN_PORT: await admin(), FX_MARKET_TICK_MS: "0" }),
+      up("wallet", { WALLET_PORT: String(port.wallet), WALLET_ADMIN_PORT: await admin() }),
+      up("risk", { RISK_PORT: String(port.risk), RISK_ADMIN_PORT: await admin(), FX_URL: url("fx") }),
+      up("payments", { PAYMENTS_PORT: String(port.payments), PAYMENTS_ADMIN_PORT: await admin(), FX_URL: url("fx"), WALLET_URL: url("wallet"), RISK_URL: url("risk") }),
+      up("gateway", { GATEWAY_PORT: String(port.gateway), GATEWAY_DEMO_DATA: "true", PAYMENTS_URL: url("payments"), FX_URL: url("fx"), WALLET_URL: url("wallet"), RISK_URL: url("risk") }),
+    ]);
+    for (const [name, svc] of started) await ready(svc, name);
+    // The gateway logs "demo data ready" once the demo accounts exist.
+    const gateway = started.find(([n]) => n === "gateway")![1];
+    await waitFor(() => gateway.logs().some((l) => l.msg === "demo data ready"), "the demo data", 60_000);
+
+    const traceId = randomBytes(16).toString("hex");
+    const payments = createClient(PaymentsService, createConnectTransport({ baseUrl: url("gateway"), httpVersion: "1.1", interceptors: [bearer(ACME.apiKey)] }));
+    const { payment } = await payments.createPayment(
+      { sourceAccountId: "acme_usd", destinationAccountId: "globex_eur", amount: { currency: "USD", amountMinor: 1999n }, settlementCurrency: "EUR" },
+      { headers: { traceparent: `00-${traceId}-${randomBytes(8).toString("hex")}-01` } },
+    );
+    expect(PaymentStatus[payment!.status]).toBe("CAPTURED");
+    for (const [, svc] of started.reverse()) {
+      svc.child.kill("SIGTERM");
+      expect(await svc.exited).toBe(0);
+    }
+
+    type Json = { resourceSpans: { resource: { attributes: { key: string; value: { stringValue?: string } }[] }; scopeSpans: { spans: { traceId: string; name: string; kind: number }[] }[] }[] };
+    const spansByService = new Map<string, string[]>();
+    for (const post of receiver.posts.filter((p) => p.path === "POST /v1/traces")) {
+      for (const rs of (JSON.parse(post.body.toString("utf8")) as Json).resourceSpans) {
+        const service = rs.resource.attributes.find((a) => a.key === "service.name")?.value.stringValue ?? "?";
+        for (const span of rs.scopeSpans.flatMap((s) => s.spans).filter((x) => x.traceId === traceId)) {
+          spansByService.set(service, [...(spansByService.get(service) ?? []), span.name]);
+        }
+      }
+    }
+    expect([...spansByService.keys()].sort()).toEqual(["fx", "gateway", "payments", "risk", "wallet"]);
+    expect(spansByService.get("gateway")).toContain("paygate.payments.v1.PaymentsService/CreatePayment");
+    expect(spansByService.get("payments")).toEqual(expect.arrayContaining(["saga.run", "saga.risk", "saga.fx_quote", "saga.fx_use", "saga.wallet_reserve", "saga.wallet_capture", "db.transaction"]));
+    expect(spansByService.get("risk")).toContain("paygate.risk.v1.RiskService/Score");
+    expect(spansByService.get("fx")).toEqual(expect.arrayContaining(["paygate.fx.v1.FxService/CreateQuote", "paygate.fx.v1.FxService/Convert"]));
+    expect(spansByService.get("wallet")).toEqual(expect.arrayContaining(["paygate.wallet.v1.WalletService/Reserve", "paygate.wallet.v1.WalletService/Capture", "db.transaction"]));
+    expect(receiver.posts.map((p) => p.body.toString("utf8")).join("")).not.toContain(ACME.apiKey);
+  });
+
+  it("a protocol Paygate cannot export with (grpc) stops start-up with a clear message", async () => {
+    const fx = await startFxProcess({ OTEL_EXPORTER_OTLP_ENDPOINT: "http://127.0.0.1:4317", OTEL_EXPORTER_OTLP_PROTOCOL: "grpc" });
+    expect(await fx.exited).toBe(2);
+    expect(fx.stderr()).toContain("OTEL_EXPORTER_OTLP_PROTOCOL: expected http/protobuf or http/json");
+    expect(fx.stderr()).not.toContain("    at "); // a message, not a stack trace
+  });
+});
+
+describe("exportersFromEnv", () => {
+  const saved = { ...process.env };
+  afterEach(() => {
+    for (const k of Object.keys(process.env)) if (k.startsWith("OTEL_") && !(k in saved)) delete process.env[k];
+    Object.assign(process.env, saved);
+  });
+  const withEnv = (vars: Record<string, string>) => {
+    for (const k of Object.keys(process.env)) if (k.startsWith("OTEL_")) delete process.env[k];
+    Object.assign(process.env, vars);
+    return exportersFromEnv();
+  };
+
+  it("reads the standard variables", () => {
+    expect(withEnv({})).toEqual([]);
+    expect(withEnv({ OTEL_EXPORTER_OTLP_ENDPOINT: "" }), "empty is unset").toEqual([]);
+    expect(withEnv({ OTEL_EXPORTER_OTLP_ENDPOINT: "http://collector:4318" })).toEqual([{ kind: "otlp", protocol: "http/protobuf" }]);
+    expect(withEnv({ OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: "http://collector:4318/v1/traces", OTEL_EXPORTER_OTLP_TRACES_PROTOCOL: "http/json" })).toEqual([
+      { kind: "otlp", protocol: "http/json" },
+    ]);
+    expect(withEnv({ OTEL_TRACES_EXPORTER: "otlp" }), "named explicitly: the default endpoint").toEqual([{ kind: "otlp", protocol: "http/protobuf" }]);
+    expect(withEnv({ OTEL_TRACES_EXPORTER: "console, otlp" })).toEqual([{ kind: "console" }, { kind: "otlp", protocol: "http/protobuf" }]);
+    expect(withEnv({ OTEL_TRACES_EXPORTER: "none", OTEL_EXPORTER_OTLP_ENDPOINT: "http://collector:4318" })).toEqual([]);
+  });
+
+  it("refuses what it cannot honour, naming the variable", () => {
+    expect(() => withEnv({ OTEL_TRACES_EXPORTER: "zipkin" })).toThrow(ConfigError);
+    expect(() => withEnv({ OTEL_TRACES_EXPORTER: "zipkin" })).toThrow(/OTEL_TRACES_EXPORTER: expected otlp, console or none, got "zipkin"/);
+    expect(() => withEnv({ OTEL_EXPORTER_OTLP_ENDPOINT: "http://c:4317", OTEL_EXPORTER_OTLP_PROTOCOL: "grpc" })).toThrow(/OTEL_EXPORTER_OTLP_PROTOCOL/);
+  });
+});
