@@ -439,7 +439,16 @@ describe("against the running services (in-process stack on PGlite)", () => {
         throw new Error(`${String(err)}; CreatePayment calls in the last minute: ${JSON.stringify(calls)}`);
       });
       expect(ratio).toBe(0);
-      const slow = await p.query("paygate:payment_latency_slow:ratio_rate5m");
+      // The latency rules evaluate on their own schedule: wait for their first sample too.
+      const slow = await waitFor(
+        async () => {
+          const samples = await p.query("paygate:payment_latency_slow:ratio_rate5m");
+          return samples.length > 0 && !Number.isNaN(Number(samples[0]!.value[1])) ? samples : undefined;
+        },
+        "the payment latency SLO's slow ratio to be recorded",
+        30_000,
+        250,
+      );
       expect(slow).toHaveLength(1);
       expect(Number(slow[0]!.value[1])).toBeGreaterThanOrEqual(0);
       expect(Number(slow[0]!.value[1])).toBeLessThanOrEqual(1);
