@@ -535,7 +535,10 @@ async function main(): Promise<number> {
   }
   out(`backend   ${backend}`);
   out(`stack     gateway ${url(gateway.port)}, payments :${payments.port}, fx :${fx.port}, wallet :${wallet.port}, risk :${risk.port}; LOG_LEVEL=${LOG_LEVEL}; one process each`);
-  const passed = ["PAYMENTS_DB_POOL_SIZE", "UPSTREAM_TIMEOUT_MS", "RISK_RULES_FILE"].filter((k) => process.env[k]).map((k) => `${k}=${process.env[k]}`);
+  const passed = Object.keys(process.env)
+    .filter((k) => process.env[k] && (["PAYMENTS_DB_POOL_SIZE", "UPSTREAM_TIMEOUT_MS", "RISK_RULES_FILE"].includes(k) || k.startsWith("OTEL_")))
+    .sort()
+    .map((k) => `${k}=${process.env[k]}`);
   if (passed.length) out(`env       ${passed.join(" ")}`);
   out(
     process.env.RISK_RULES_FILE
