@@ -17,12 +17,13 @@
 //      customer's failure (insufficient funds), every dashboard query accepted by Prometheus.
 //      Under CI=true a missing binary fails the run; elsewhere that part is skipped.
 import { spawn, type ChildProcess } from "node:child_process";
-import { accessSync, constants, readdirSync, readFileSync, writeFileSync } from "node:fs";
+import { readdirSync, readFileSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { parse, stringify } from "yaml";
 import { CaptureMethod, PaymentStatus, type Payment } from "../../services/gen/paygate/payments/v1/payments_pb.js";
 import { ACME, freePort, gatewayClients, GLOBEX, minor, repoRoot, startStack, tempDir, waitFor, type GatewayClients, type Stack } from "../support/stack.js";
+import { onPath } from "../support/executables.js";
 
 vi.setConfig({ testTimeout: 60_000, hookTimeout: 180_000 });
 
@@ -506,20 +507,6 @@ describe("against the running services (in-process stack on PGlite)", () => {
 // ---------------------------------------------------------------------------------------
 // Running Prometheus
 // ---------------------------------------------------------------------------------------
-
-function onPath(name: string): string | undefined {
-  for (const dir of (process.env.PATH ?? "").split(path.delimiter)) {
-    if (!dir) continue;
-    const file = path.join(dir, name);
-    try {
-      accessSync(file, constants.X_OK);
-      return file;
-    } catch {
-      // not here
-    }
-  }
-  return undefined;
-}
 
 interface Sample {
   metric: Record<string, string>;

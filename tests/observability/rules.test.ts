@@ -8,12 +8,13 @@
 // Under CI=true a missing promtool fails the run; elsewhere the promtool tests are skipped
 // with a warning.
 import { execFile } from "node:child_process";
-import { accessSync, constants, readdirSync, readFileSync } from "node:fs";
+import { readdirSync, readFileSync } from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
 import { describe, expect, it } from "vitest";
 import { parse } from "yaml";
+import { onPath } from "../support/executables.js";
 
 const run = promisify(execFile);
 const repoRoot = fileURLToPath(new URL("../../", import.meta.url));
@@ -22,21 +23,6 @@ const rulesDir = path.join(promDir, "rules");
 
 const CI = process.env.CI === "true";
 const SEVERITIES = ["page", "ticket"];
-
-/** An executable called `name` on PATH, or undefined. */
-function onPath(name: string): string | undefined {
-  for (const dir of (process.env.PATH ?? "").split(path.delimiter)) {
-    if (!dir) continue;
-    const file = path.join(dir, name);
-    try {
-      accessSync(file, constants.X_OK);
-      return file;
-    } catch {
-      // not here
-    }
-  }
-  return undefined;
-}
 
 const promtool = onPath("promtool");
 if (!promtool && !CI) console.warn("promtool not found on PATH (Debian: apt-get install prometheus): promtool checks of prometheus/ were NOT run");
