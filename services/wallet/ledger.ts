@@ -133,17 +133,18 @@ export class Ledger {
       const account = await accountOrFail(tx, req.accountId, "account_id");
       requireCurrency(account, req.currency, "amount.currency");
       const hash = fingerprint(["credit", req.accountId, req.currency, req.amountMinor]);
-      if (!(await this.replayed(tx, req.transferId, hash))) {
-        const external = await this.systemAccount(tx, "EXTERNAL", req.currency);
-        await this.post(tx, req.transferId, "credit", hash, [{ from: external, to: account.id, currency: req.currency, amountMinor: req.amountMinor, kind: "credit" }]);
-      }
-      return (await accountWhere(tx, "id = $1", [req.accountId]))!;
+      if (await this.replayed(tx, req.transferId, hash)) return account;
+      const locked = await this.lock(tx, [account.id], [{ kind: "EXTERNAL", currency: req.currency }]);
+      await this.post(tx, req.transferId, "credit", hash, [{ from: systemAccountId("EXTERNAL", req.currency), to: account.id, currency: req.currency, amountMinor: req.amountMinor, kind: "credit" }]);
+      const before = locked.get(account.id)!;
+      return { ...before, postedMinor: before.postedMinor + req.amountMinor };
     });
   }
 
   /**
    * Places a hold: the amount stops being available on the source account (which must have
-   * it, pending holds included) until it is captured, released or expires.
+   * it, pending holds included) until it is captured, released or expires. With `capture`
+   * the hold is placed and captured whole in the same transaction (automatic capture).
    */
   async reserve(req: {
     holdId: string;
@@ -153,40 +154,50 @@ export class Ledger {
     amountMinor: bigint;
     fx: FxTerms | undefined;
     ttlMs: number;
+    capture?: boolean;
   }): Promise<Hold> {
     requireId(req.holdId, "hold_id");
     requirePositive(req.amountMinor, "amount");
+    // Not the capture flag: a retry with it captures a hold placed without it (same hold).
     const hash = fingerprint(["reserve", req.accountId, req.destinationAccountId, req.currency, req.amountMinor, req.fx?.rate ?? "", req.fx?.quoteId ?? "", req.fx?.destinationMinor ?? ""]);
     return this.db.transaction(async (tx) => {
-      await lockKey(tx, `hold:${req.holdId}`);
-      const earlier = await holdById(tx, req.holdId);
-      if (earlier) {
-        if (earlier.requestHash !== hash) throw reused("hold_id", req.holdId, "a different hold");
-        return earlier.hold;
+      // Capturing changes both sides (and the liquidity accounts between two currencies);
+      // a plain hold only the source's pending total. Locking the source also queues
+      // concurrent duplicates of this hold: the second one then finds the first's.
+      let locked;
+      if (req.capture) {
+        const destinationCurrency = req.fx ? (req.fx.destinationCurrency ?? (await accountOrFail(tx, req.destinationAccountId, "destination_account_id")).currency) : req.currency;
+        locked = await this.lock(tx, [req.accountId, req.destinationAccountId], destinationCurrency === req.currency ? [] : liquidity(req.currency, destinationCurrency));
+      } else {
+        locked = await lockAccounts(tx, [req.accountId]);
       }
-      const source = await accountOrFail(tx, req.accountId, "account_id");
-      const destination = await accountOrFail(tx, req.destinationAccountId, "destination_account_id");
+      const source = locked.get(req.accountId);
+      if (!source) throw notFound("ACCOUNT_NOT_FOUND", `account_id: no account ${JSON.stringify(req.accountId)}`, "account_id");
+      const destination = locked.get(req.destinationAccountId) ?? (await accountOrFail(tx, req.destinationAccountId, "destination_account_id"));
       requireCurrency(source, req.currency, "amount.currency");
       if (source.id === destination.id) throw invalidArgument("SAME_ACCOUNT", "destination_account_id", "destination_account_id: must differ from account_id");
       const destinationMinor = settle(source.currency, destination.currency, req.amountMinor, req.fx, "fx");
-      const reserved = await tx.query(
-        `UPDATE accounts SET pending_minor = pending_minor + $2
-         WHERE id = $1 AND (kind <> 'USER' OR posted_minor - pending_minor >= $2)`,
-        [source.id, req.amountMinor],
-      );
-      if (reserved.rowCount === 0) {
-        const now = await accountWhere(tx, "id = $1", [source.id]);
-        throw insufficientFunds(source.id, req.currency, req.amountMinor, now!.postedMinor - now!.pendingMinor);
-      }
       const now = this.now();
+      const captured = req.capture === true;
       const { rows } = await tx.query<HoldRow>(
         `INSERT INTO holds (id, account_id, destination_account_id, currency, amount_minor, destination_currency, destination_minor,
-           fx_rate, fx_quote_id, status, request_hash, expires_at, created_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'PENDING', $10, $11, $12) RETURNING *`,
+           fx_rate, fx_quote_id, status, captured_minor, captured_destination_minor, request_hash, expires_at, created_at, resolved_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
+         ON CONFLICT (id) DO NOTHING RETURNING *`,
         [req.holdId, source.id, destination.id, source.currency, req.amountMinor, destination.currency, destinationMinor,
-          req.fx?.rate ?? null, req.fx?.quoteId || null, hash, new Date(now.getTime() + req.ttlMs), now],
+          req.fx?.rate ?? null, req.fx?.quoteId || null, captured ? "CAPTURED" : "PENDING", captured ? req.amountMinor : null,
+          captured ? destinationMinor : null, hash, new Date(now.getTime() + req.ttlMs), now, captured ? now : null],
       );
-      return holdFromRow(rows[0]!);
+      if (!rows[0]) return this.repeatReserve(tx, req.holdId, hash, captured);
+      const available = source.postedMinor - source.pendingMinor;
+      // Thrown after the insert: the rollback takes the hold away again.
+      if (source.kind === "USER" && available < req.amountMinor) throw insufficientFunds(source.id, req.currency, req.amountMinor, available);
+      if (captured) {
+        await this.post(tx, `${req.holdId}:capture`, "capture", fingerprint(["capture", req.holdId, req.amountMinor]), this.legs(source.id, destination.id, source.currency, req.amountMinor, destination.currency, destinationMinor, "capture"));
+      } else {
+        await applyTotals(tx, new Map([[source.id, { posted: 0n, pending: req.amountMinor }]]));
+      }
+      return holdFromRow(rows[0]);
     });
   }
 
@@ -204,13 +215,7 @@ export class Ledger {
       if (captured > hold.amountMinor) {
         throw failedPrecondition("CAPTURE_EXCEEDS_HOLD", `amount: ${formatMinor(captured, hold.currency)} ${hold.currency} is more than the ${formatMinor(hold.amountMinor, hold.currency)} held`, "amount");
       }
-      // A partial capture of a cross-currency hold converts the captured part at the hold's rate.
-      const destinationMinor = captured === hold.amountMinor ? hold.destinationMinor : settle(hold.currency, hold.destinationCurrency, captured, hold.fxRate ? { rate: hold.fxRate, quoteId: "" } : undefined, "fx");
-      // Both user accounts in id order before touching either: A->B and B->A captures must not deadlock.
-      await lockAccounts(tx, [hold.accountId, hold.destinationAccountId]);
-      await tx.query("UPDATE accounts SET pending_minor = pending_minor - $2 WHERE id = $1", [hold.accountId, hold.amountMinor]);
-      await this.post(tx, `${holdId}:capture`, "capture", fingerprint(["capture", holdId, captured]), await this.legs(tx, hold.accountId, hold.destinationAccountId, hold.currency, captured, hold.destinationCurrency, destinationMinor, "capture"));
-      return this.resolve(tx, holdId, "CAPTURED", captured, destinationMinor);
+      return this.captureHold(tx, hold, captured);
     });
   }
 
@@ -261,10 +266,11 @@ export class Ledger {
     requirePositive(req.amountMinor, "amount");
     return this.db.transaction(async (tx) => {
       await lockKey(tx, `transfer:${req.transferId}`);
-      // Both accounts in id order first: A->B and B->A transfers must not deadlock.
-      await lockAccounts(tx, [req.fromAccountId, req.toAccountId]);
-      const source = await lockedAccount(tx, req.fromAccountId, "from_account_id");
       const destination = await accountOrFail(tx, req.toAccountId, "to_account_id");
+      requireId(req.fromAccountId, "from_account_id");
+      const locked = await this.lock(tx, [req.fromAccountId, destination.id], destination.currency === req.currency ? [] : liquidity(req.currency, destination.currency));
+      const source = locked.get(req.fromAccountId);
+      if (!source) throw notFound("ACCOUNT_NOT_FOUND", `from_account_id: no account ${JSON.stringify(req.fromAccountId)}`, "from_account_id");
       requireCurrency(source, req.currency, "amount.currency");
       if (source.id === destination.id) throw invalidArgument("SAME_ACCOUNT", "to_account_id", "to_account_id: must differ from from_account_id");
       const destinationMinor = settle(source.currency, destination.currency, req.amountMinor, req.fx, "fx");
@@ -273,7 +279,7 @@ export class Ledger {
       if (await this.replayed(tx, req.transferId, hash)) return result;
       const available = source.postedMinor - source.pendingMinor;
       if (source.kind === "USER" && available < req.amountMinor) throw insufficientFunds(source.id, source.currency, req.amountMinor, available);
-      await this.post(tx, req.transferId, "transfer", hash, await this.legs(tx, source.id, destination.id, source.currency, req.amountMinor, destination.currency, destinationMinor, "transfer"));
+      await this.post(tx, req.transferId, "transfer", hash, this.legs(source.id, destination.id, source.currency, req.amountMinor, destination.currency, destinationMinor, "transfer"));
       return result;
     });
   }
@@ -325,32 +331,60 @@ export class Ledger {
     return problems;
   }
 
+  /** Posts `captured` of a locked pending hold and releases all of it from the source's pending total. */
+  private async captureHold(tx: Queryable, hold: Hold, captured: bigint): Promise<Hold> {
+    // A partial capture of a cross-currency hold converts the captured part at the hold's rate.
+    const destinationMinor = captured === hold.amountMinor ? hold.destinationMinor : settle(hold.currency, hold.destinationCurrency, captured, hold.fxRate ? { rate: hold.fxRate, quoteId: "" } : undefined, "fx");
+    await this.lock(tx, [hold.accountId, hold.destinationAccountId], hold.currency === hold.destinationCurrency ? [] : liquidity(hold.currency, hold.destinationCurrency));
+    const legs = this.legs(hold.accountId, hold.destinationAccountId, hold.currency, captured, hold.destinationCurrency, destinationMinor, "capture");
+    await this.post(tx, `${hold.id}:capture`, "capture", fingerprint(["capture", hold.id, captured]), legs, { accountId: hold.accountId, amountMinor: hold.amountMinor });
+    return this.resolve(tx, hold.id, "CAPTURED", captured, destinationMinor);
+  }
+
+  /** A reserve whose hold id exists: the same request gets its hold (captured now if asked); another is ID_REUSED. */
+  private async repeatReserve(tx: Queryable, holdId: string, hash: string, capture: boolean): Promise<Hold> {
+    const earlier = await holdById(tx, holdId);
+    if (!earlier || earlier.requestHash !== hash) throw reused("hold_id", holdId, "a different hold");
+    if (!capture) return earlier.hold;
+    const hold = await this.lockedPendingHold(tx, holdId, (h) => h.status === "CAPTURED" && h.capturedMinor === h.amountMinor);
+    return hold.status === "PENDING" ? this.captureHold(tx, hold, hold.amountMinor) : hold;
+  }
+
   /** The legs moving money from a source to a destination, through liquidity when currencies differ. */
-  private async legs(tx: Queryable, from: string, to: string, currency: string, amountMinor: bigint, toCurrency: string, toMinor: bigint, kind: string): Promise<Leg[]> {
+  private legs(from: string, to: string, currency: string, amountMinor: bigint, toCurrency: string, toMinor: bigint, kind: string): Leg[] {
     if (currency === toCurrency) return [{ from, to, currency, amountMinor, kind }];
-    const legs: Leg[] = [{ from, to: await this.systemAccount(tx, "LIQUIDITY", currency), currency, amountMinor, kind: `${kind}:fx` }];
+    const legs: Leg[] = [{ from, to: systemAccountId("LIQUIDITY", currency), currency, amountMinor, kind: `${kind}:fx` }];
     // A conversion that rounds to zero leaves nothing to pay out in the destination currency.
-    if (toMinor > 0n) legs.push({ from: await this.systemAccount(tx, "LIQUIDITY", toCurrency), to, currency: toCurrency, amountMinor: toMinor, kind: `${kind}:fx` });
+    if (toMinor > 0n) legs.push({ from: systemAccountId("LIQUIDITY", toCurrency), to, currency: toCurrency, amountMinor: toMinor, kind: `${kind}:fx` });
     return legs;
   }
 
-  /** Records the transfer, writes the entries of `legs` and moves the running totals (accounts in id order). */
-  private async post(tx: Queryable, transferId: string, kind: string, hash: string, legs: Leg[]): Promise<void> {
-    const now = this.now();
-    await tx.query("INSERT INTO transfers (id, kind, request_hash, created_at) VALUES ($1, $2, $3, $4)", [transferId, kind, hash, now]);
-    const deltas = new Map<string, bigint>();
+  /**
+   * Records the transfer with the entries of `legs` (one statement), then moves the running
+   * totals of every account touched (one statement), releasing `release` from a pending
+   * total. The caller has locked those accounts (lockAccounts).
+   */
+  private async post(tx: Queryable, transferId: string, kind: string, hash: string, legs: Leg[], release?: { accountId: string; amountMinor: bigint }): Promise<void> {
+    const entries = legs.flatMap((l) => [
+      { account: l.from, direction: "DEBIT", leg: l },
+      { account: l.to, direction: "CREDIT", leg: l },
+    ]);
+    await tx.query(
+      `WITH transfer AS (INSERT INTO transfers (id, kind, request_hash, created_at) VALUES ($1, $2, $3, $4))
+       INSERT INTO entries (transfer_id, account_id, direction, currency, amount_minor, kind, created_at)
+       SELECT $1, e.account_id, e.direction, e.currency, e.amount_minor, e.kind, $4
+       FROM unnest($5::text[], $6::text[], $7::text[], $8::int8[], $9::text[]) WITH ORDINALITY AS e(account_id, direction, currency, amount_minor, kind, n)
+       ORDER BY e.n`,
+      [transferId, kind, hash, this.now(), entries.map((e) => e.account), entries.map((e) => e.direction), entries.map((e) => e.leg.currency), entries.map((e) => e.leg.amountMinor), entries.map((e) => e.leg.kind)],
+    );
+    const totals = new Map<string, { posted: bigint; pending: bigint }>();
+    const change = (id: string) => totals.get(id) ?? totals.set(id, { posted: 0n, pending: 0n }).get(id)!;
     for (const leg of legs) {
-      deltas.set(leg.from, (deltas.get(leg.from) ?? 0n) - leg.amountMinor);
-      deltas.set(leg.to, (deltas.get(leg.to) ?? 0n) + leg.amountMinor);
-      await tx.query(
-        `INSERT INTO entries (transfer_id, account_id, direction, currency, amount_minor, kind, created_at)
-         VALUES ($1, $2, 'DEBIT', $3, $4, $5, $6), ($1, $7, 'CREDIT', $3, $4, $5, $6)`,
-        [transferId, leg.from, leg.currency, leg.amountMinor, leg.kind, now, leg.to],
-      );
+      change(leg.from).posted -= leg.amountMinor;
+      change(leg.to).posted += leg.amountMinor;
     }
-    for (const id of [...deltas.keys()].sort()) {
-      await tx.query("UPDATE accounts SET posted_minor = posted_minor + $2 WHERE id = $1", [id, deltas.get(id)]);
-    }
+    if (release) change(release.accountId).pending -= release.amountMinor;
+    await applyTotals(tx, totals);
   }
 
   /** True when transfer `id` exists for the same request (a retry); ID_REUSED when for another. */
@@ -361,13 +395,25 @@ export class Ledger {
     return true;
   }
 
-  private async systemAccount(tx: Queryable, kind: "LIQUIDITY" | "EXTERNAL", currency: string): Promise<string> {
-    const id = systemAccountId(kind, currency);
-    await tx.query(
-      `INSERT INTO accounts (id, owner_id, currency, kind, created_at) VALUES ($1, 'paygate', $2, $3, $4) ON CONFLICT (id) DO NOTHING`,
-      [id, currency, kind, this.now()],
-    );
-    return id;
+  /**
+   * Row-locks the accounts a write changes (`system`: Paygate's own among them, created on
+   * first use) and returns them by id. See lockAccounts.
+   */
+  private async lock(tx: Queryable, ids: string[], system: { kind: "LIQUIDITY" | "EXTERNAL"; currency: string }[] = []): Promise<Map<string, Account>> {
+    const all = [...ids, ...system.map((a) => systemAccountId(a.kind, a.currency))];
+    let locked = await lockAccounts(tx, all);
+    const missing = system.filter((a) => !locked.has(systemAccountId(a.kind, a.currency)));
+    if (missing.length === 0) return locked;
+    for (const a of missing) {
+      await tx.query(`INSERT INTO accounts (id, owner_id, currency, kind, created_at) VALUES ($1, 'paygate', $2, $3, $4) ON CONFLICT (id) DO NOTHING`, [
+        systemAccountId(a.kind, a.currency),
+        a.currency,
+        a.kind,
+        this.now(),
+      ]);
+    }
+    locked = await lockAccounts(tx, all);
+    return locked;
   }
 
   /**
@@ -415,13 +461,28 @@ function settle(currency: string, destinationCurrency: string, amountMinor: bigi
   return convertMinor(amountMinor, currencyInfo(currency, "currency").minorUnits, rate, currencyInfo(destinationCurrency, "currency").minorUnits, "half_even").convertedMinor;
 }
 
+const liquidity = (...currencies: string[]) => currencies.map((currency) => ({ kind: "LIQUIDITY" as const, currency }));
+
 /**
- * Row-locks accounts in id order, the order post() updates them in, so transactions touching
- * the same accounts queue instead of deadlocking. NO KEY UPDATE (what an UPDATE takes) leaves
- * the foreign-key checks of concurrent inserts (KEY SHARE) unblocked. Missing ids are skipped.
+ * Row-locks accounts in id order and returns them by id (missing ids are skipped). Every
+ * write locks all the accounts it changes up front, in this one order, so transactions
+ * touching the same accounts queue instead of deadlocking, and reads their balances under
+ * the lock. NO KEY UPDATE (what an UPDATE takes) leaves the foreign-key checks of concurrent
+ * inserts (KEY SHARE) unblocked.
  */
-async function lockAccounts(tx: Queryable, ids: string[]): Promise<void> {
-  await tx.query("SELECT id FROM accounts WHERE id = ANY($1::text[]) ORDER BY id FOR NO KEY UPDATE", [ids]);
+async function lockAccounts(tx: Queryable, ids: string[]): Promise<Map<string, Account>> {
+  const { rows } = await tx.query<AccountRow>("SELECT * FROM accounts WHERE id = ANY($1::text[]) ORDER BY id FOR NO KEY UPDATE", [ids]);
+  return new Map(rows.map((r) => [r.id, accountFromRow(r)]));
+}
+
+/** Adds to the running totals of locked accounts (the CHECKs on accounts still guard them). */
+async function applyTotals(tx: Queryable, totals: Map<string, { posted: bigint; pending: bigint }>): Promise<void> {
+  const ids = [...totals.keys()];
+  await tx.query(
+    `UPDATE accounts a SET posted_minor = a.posted_minor + d.posted, pending_minor = a.pending_minor + d.pending
+     FROM unnest($1::text[], $2::int8[], $3::int8[]) AS d(id, posted, pending) WHERE a.id = d.id`,
+    [ids, ids.map((id) => totals.get(id)!.posted), ids.map((id) => totals.get(id)!.pending)],
+  );
 }
 
 /** Serialises writes that share a caller id, so a concurrent retry sees the first one's result. */
@@ -490,13 +551,6 @@ async function accountOrFail(q: Queryable, id: string, field: string): Promise<A
   const found = await accountWhere(q, "id = $1", [id]);
   if (!found) throw notFound("ACCOUNT_NOT_FOUND", `${field}: no account ${JSON.stringify(id)}`, field);
   return found;
-}
-
-async function lockedAccount(q: Queryable, id: string, field: string): Promise<Account> {
-  if (id === "") throw invalidArgument("MISSING_FIELD", field, `${field} is required`);
-  const { rows } = await q.query<AccountRow>("SELECT * FROM accounts WHERE id = $1 FOR NO KEY UPDATE", [id]);
-  if (!rows[0]) throw notFound("ACCOUNT_NOT_FOUND", `${field}: no account ${JSON.stringify(id)}`, field);
-  return accountFromRow(rows[0]);
 }
 
 interface HoldRow {

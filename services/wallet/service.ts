@@ -60,6 +60,7 @@ export function walletService(deps: WalletDeps): ServiceImpl<typeof WalletServic
         ...amount,
         fx: fxTerms(req.fx),
         ttlMs,
+        capture: req.capture,
       });
       return { hold: holdMessage(hold) };
     },

@@ -72,7 +72,7 @@ function fixtures(get: () => { db: Database; ledger: Ledger }) {
       source: Account,
       destination: Account,
       amountMinor: bigint,
-      over: { holdId?: string; fx?: FxTerms; ttlMs?: number; currency?: string } = {},
+      over: { holdId?: string; fx?: FxTerms; ttlMs?: number; currency?: string; capture?: boolean } = {},
     ): Promise<Hold> {
       return get().ledger.reserve({
         holdId: over.holdId ?? `h_${uid()}`,
@@ -82,6 +82,7 @@ function fixtures(get: () => { db: Database; ledger: Ledger }) {
         amountMinor,
         fx: over.fx,
         ttlMs: over.ttlMs ?? LONG_TTL,
+        capture: over.capture,
       });
     },
   };
@@ -407,6 +408,69 @@ describe.each(backends)("ledger on $name", (backend) => {
     });
   });
 
+  describe("reserve with capture (automatic capture)", () => {
+    it("places and posts the hold in one transaction: source debited, destination credited, nothing pending", async () => {
+      const a = await f.funded(10_00n);
+      const b = await f.open();
+      const hold = await f.reserve(a, b, 4_25n, { capture: true });
+      expect(hold).toMatchObject({ status: "CAPTURED", amountMinor: 4_25n, capturedMinor: 4_25n, capturedDestinationMinor: 4_25n });
+      expect(hold.resolvedAt).not.toBeNull();
+      expect(await f.bal(a.id)).toEqual({ posted: 5_75n, pending: 0n, available: 5_75n });
+      expect(await f.bal(b.id)).toEqual({ posted: 4_25n, pending: 0n, available: 4_25n });
+      const credits = (await ledger.entries(b.id, 10, "")).entries;
+      expect(credits.map((e) => [e.transferId, e.direction, e.amountMinor, e.kind])).toEqual([[`${hold.id}:capture`, "CREDIT", 4_25n, "capture"]]);
+    });
+
+    it("across currencies posts through both liquidity accounts at the rate, half-even", async () => {
+      const a = await f.funded(20_00n, "EUR");
+      const b = await f.open("JPY");
+      const liqEur = systemAccountId("LIQUIDITY", "EUR");
+      const liqJpy = systemAccountId("LIQUIDITY", "JPY");
+      const [eurBefore, jpyBefore] = [await f.posted(liqEur), await f.posted(liqJpy)];
+      // 3.00 EUR × 160.5 = 481.5 JPY, a tie -> 482
+      const hold = await f.reserve(a, b, 3_00n, { capture: true, fx: { rate: "160.5", quoteId: `q_${uid()}`, destinationMinor: 482n, destinationCurrency: "JPY" } });
+      expect(hold).toMatchObject({ status: "CAPTURED", capturedMinor: 3_00n, capturedDestinationMinor: 482n, destinationCurrency: "JPY" });
+      expect(await f.bal(a.id)).toEqual({ posted: 17_00n, pending: 0n, available: 17_00n });
+      expect(await f.bal(b.id)).toEqual({ posted: 482n, pending: 0n, available: 482n });
+      expect((await f.posted(liqEur)) - eurBefore).toBe(3_00n);
+      expect((await f.posted(liqJpy)) - jpyBefore).toBe(-482n);
+    });
+
+    it("a retry returns the captured hold and posts nothing more; other content is ID_REUSED", async () => {
+      const a = await f.funded(10_00n);
+      const b = await f.open();
+      const holdId = `h_${uid()}`;
+      const first = await f.reserve(a, b, 2_00n, { holdId, capture: true });
+      const before = await f.counts();
+      expect(await f.reserve(a, b, 2_00n, { holdId, capture: true })).toEqual(first);
+      expect(await f.reserve(a, b, 2_00n, { holdId })).toEqual(first);
+      await expectDomainError(f.reserve(a, b, 2_01n, { holdId, capture: true }), "already_exists", "ID_REUSED", "hold_id");
+      expect(await f.counts()).toEqual(before);
+      expect(await f.bal(a.id)).toEqual({ posted: 8_00n, pending: 0n, available: 8_00n });
+    });
+
+    it("captures a pending hold of the same request whole; a released one is HOLD_RELEASED", async () => {
+      const a = await f.funded(10_00n);
+      const b = await f.open();
+      const pending = await f.reserve(a, b, 3_00n);
+      expect(await f.reserve(a, b, 3_00n, { holdId: pending.id, capture: true })).toMatchObject({ id: pending.id, status: "CAPTURED", capturedMinor: 3_00n });
+      expect(await f.bal(a.id)).toEqual({ posted: 7_00n, pending: 0n, available: 7_00n });
+      const released = await f.reserve(a, b, 1_00n);
+      await ledger.release(released.id);
+      await expectDomainError(f.reserve(a, b, 1_00n, { holdId: released.id, capture: true }), "failed_precondition", "HOLD_RELEASED", "hold_id");
+      expect(await f.bal(a.id)).toEqual({ posted: 7_00n, pending: 0n, available: 7_00n });
+    });
+
+    it("insufficient funds writes nothing: no hold, no transfer, no entries", async () => {
+      const a = await f.funded(1_00n);
+      const b = await f.open();
+      const before = await f.counts();
+      await expectDomainError(f.reserve(a, b, 1_01n, { capture: true }), "failed_precondition", "INSUFFICIENT_FUNDS", "amount");
+      expect(await f.counts()).toEqual(before);
+      expect(await f.bal(a.id)).toEqual({ posted: 1_00n, pending: 0n, available: 1_00n });
+    });
+  });
+
   describe("expiry", () => {
     it("expireHolds() expires a hold past expires_at and restores available; capture is then HOLD_EXPIRED", async () => {
       const a = await f.funded(100_00n);
@@ -642,7 +706,7 @@ describe.each(backends)("ledger on $name", (backend) => {
 
 type Op =
   | { t: "credit"; acct: number; amount: bigint }
-  | { t: "reserve"; from: number; to: number; amount: bigint; ttlMin: number }
+  | { t: "reserve"; from: number; to: number; amount: bigint; ttlMin: number; capture: boolean }
   | { t: "capture"; hold: number; percent: number | null }
   | { t: "release"; hold: number }
   | { t: "transfer"; from: number; to: number; amount: bigint }
@@ -655,7 +719,7 @@ const amountArb = fc.bigInt({ min: 1n, max: 60_00n });
 const pairArb = fc.tuple(fc.nat(ACCOUNTS - 1), fc.integer({ min: 0, max: 9 })).map(([from, d]) => ({ from, to: d === 0 ? from : (from + 1 + (d % (ACCOUNTS - 1))) % ACCOUNTS }));
 const opArb: fc.Arbitrary<Op> = fc.oneof(
   { arbitrary: fc.record({ t: fc.constant("credit" as const), acct: fc.nat(ACCOUNTS - 1), amount: fc.bigInt({ min: 1n, max: 100_00n }) }), weight: 2 },
-  { arbitrary: fc.record({ pair: pairArb, amount: amountArb, ttlMin: fc.integer({ min: 1, max: 120 }) }).map(({ pair, amount, ttlMin }) => ({ t: "reserve" as const, ...pair, amount, ttlMin })), weight: 5 },
+  { arbitrary: fc.record({ pair: pairArb, amount: amountArb, ttlMin: fc.integer({ min: 1, max: 120 }), capture: fc.boolean() }).map(({ pair, ...rest }) => ({ t: "reserve" as const, ...pair, ...rest })), weight: 5 },
   { arbitrary: fc.record({ t: fc.constant("capture" as const), hold: fc.nat(), percent: fc.option(fc.integer({ min: 1, max: 120 }), { nil: null }) }), weight: 4 },
   { arbitrary: fc.record({ t: fc.constant("release" as const), hold: fc.nat() }), weight: 2 },
   { arbitrary: fc.record({ pair: pairArb, amount: amountArb }).map(({ pair, amount }) => ({ t: "transfer" as const, ...pair, amount })), weight: 2 },
@@ -681,7 +745,7 @@ interface ModelHold {
 /** A write that carries a caller id, kept so it can be replayed. */
 type Write =
   | { t: "credit"; id: string; acct: number; amount: bigint }
-  | { t: "reserve"; id: string; from: number; to: number; amount: bigint; ttlMin: number }
+  | { t: "reserve"; id: string; from: number; to: number; amount: bigint; ttlMin: number; capture: boolean }
   | { t: "transfer"; id: string; from: number; to: number; amount: bigint };
 
 class Model {
@@ -718,13 +782,30 @@ function apply(m: Model, w: Write | Exclude<Op, { t: "credit" | "reserve" | "tra
       const earlier = m.holds.get(w.id);
       if (earlier) {
         const same = earlier.from === w.from && earlier.to === w.to && earlier.amount === w.amount;
-        return same ? { ok: `hold ${earlier.status} ${earlier.amount}` } : { error: "ID_REUSED" };
+        if (!same) return { error: "ID_REUSED" };
+        // Asked to capture, a hold placed without capture is captured whole now.
+        if (!w.capture) return { ok: `hold ${earlier.status} ${earlier.amount}` };
+        if (earlier.status === "PENDING" && earlier.expiresAt <= m.now) return { error: "HOLD_EXPIRED" };
+        if (earlier.status === "CAPTURED") return earlier.captured === earlier.amount ? { ok: `hold CAPTURED ${earlier.amount}` } : { error: "HOLD_CAPTURED" };
+        if (earlier.status !== "PENDING") return { error: `HOLD_${earlier.status}` };
+        m.pending[earlier.from]! -= earlier.amount;
+        m.move(earlier.from, earlier.to, earlier.amount);
+        earlier.status = "CAPTURED";
+        earlier.captured = earlier.amount;
+        return { ok: `hold CAPTURED ${earlier.amount}` };
       }
       if (w.from === w.to) return { error: "SAME_ACCOUNT" };
       if (m.available(w.from) < w.amount) return { error: "INSUFFICIENT_FUNDS" };
-      m.pending[w.from]! += w.amount;
-      m.holds.set(w.id, { id: w.id, from: w.from, to: w.to, amount: w.amount, expiresAt: m.now + w.ttlMin * MINUTE, status: "PENDING", captured: null });
-      return { ok: `hold PENDING ${w.amount}` };
+      const hold: ModelHold = { id: w.id, from: w.from, to: w.to, amount: w.amount, expiresAt: m.now + w.ttlMin * MINUTE, status: "PENDING", captured: null };
+      m.holds.set(w.id, hold);
+      if (w.capture) {
+        m.move(w.from, w.to, w.amount);
+        hold.status = "CAPTURED";
+        hold.captured = w.amount;
+      } else {
+        m.pending[w.from]! += w.amount;
+      }
+      return { ok: `hold ${hold.status} ${w.amount}` };
     }
     case "transfer": {
       if (w.from === w.to) return { error: "SAME_ACCOUNT" };
@@ -803,7 +884,7 @@ describe.each(backends)("ledger model on $name", (backend) => {
         case "credit":
           return { ok: `posted ${(await ledger.credit({ transferId: w.id, accountId: acct(w.acct), currency: "USD", amountMinor: w.amount })).postedMinor}` };
         case "reserve": {
-          const h = await ledger.reserve({ holdId: w.id, accountId: acct(w.from), destinationAccountId: acct(w.to), currency: "USD", amountMinor: w.amount, fx: undefined, ttlMs: w.ttlMin * MINUTE });
+          const h = await ledger.reserve({ holdId: w.id, accountId: acct(w.from), destinationAccountId: acct(w.to), currency: "USD", amountMinor: w.amount, fx: undefined, ttlMs: w.ttlMin * MINUTE, capture: w.capture });
           return { ok: `hold ${h.status} ${h.amountMinor}` };
         }
         case "transfer":
@@ -928,6 +1009,26 @@ describe.each(backends)("ledger under concurrency on $name", (backend) => {
     expect(await f.bal(a.id)).toEqual({ posted: 137_00n, pending: 137_00n, available: 0n });
     const { rows } = await db.query<{ n: bigint }>("SELECT count(*) AS n FROM holds WHERE account_id = $1 AND status = 'PENDING'", [a.id]);
     expect(rows[0]!.n).toBe(137n);
+  });
+
+  it("250 concurrent 1.00 USD reserve-and-captures against 137.00 USD: exactly 137 succeed", async () => {
+    const a = await f.funded(137_00n);
+    const b = await f.open();
+    const results = await within(20_000, "250 reserve-and-captures", Promise.allSettled(Array.from({ length: 250 }, (_, i) => f.reserve(a, b, 1_00n, { holdId: `race_c_${a.id}_${i}`, capture: true }))));
+    const lost = results.filter((r): r is PromiseRejectedResult => r.status === "rejected");
+    const reasons = new Set(lost.map((r) => (r.reason instanceof DomainError ? r.reason.reason : String(r.reason))));
+    expect({ won: results.length - lost.length, lost: lost.length, reasons: [...reasons] }).toEqual({ won: 137, lost: 113, reasons: ["INSUFFICIENT_FUNDS"] });
+    expect(await f.bal(a.id)).toEqual({ posted: 0n, pending: 0n, available: 0n });
+    expect(await f.bal(b.id)).toEqual({ posted: 137_00n, pending: 0n, available: 137_00n });
+  });
+
+  it("concurrent reserve-and-captures in opposite directions, across currencies, all succeed and reconcile", async () => {
+    const usd = await f.funded(1000_00n, "USD");
+    const eur = await f.funded(1000_00n, "EUR");
+    const fx = (rate: string) => ({ rate, quoteId: `q_${uid()}` });
+    const ops = Array.from({ length: 40 }, (_, i) => [f.reserve(usd, eur, BigInt(100 + i), { capture: true, fx: fx("0.9") }), f.reserve(eur, usd, BigInt(100 + i), { capture: true, fx: fx("1.1") })]).flat();
+    const results = await within(15_000, "80 opposite reserve-and-captures", Promise.allSettled(ops));
+    expect(results.filter((r): r is PromiseRejectedResult => r.status === "rejected").map((r) => String(r.reason))).toEqual([]);
   });
 
   it("50 concurrent reserves with the same hold id return one hold and hold once", async () => {
