@@ -16,6 +16,8 @@ import { startServer } from "../runtime/server.js";
 import { upstreamClient, upstreamReady, upstreamTransport } from "../runtime/upstream.js";
 import { EventFeed } from "./events.js";
 import { IdempotencyKeys } from "./idempotency.js";
+import { AccountDirectory } from "./accounts.js";
+import { resumable } from "./payment.js";
 import { Saga } from "./saga.js";
 import { paymentsService } from "./service.js";
 import { PaymentStore } from "./store.js";
@@ -54,7 +56,8 @@ export async function startPayments(env: NodeJS.ProcessEnv = process.env) {
     wallet: upstreamClient(WalletService, transports.wallet),
     risk: upstreamClient(RiskService, transports.risk),
   };
-  const saga = new Saga(store, upstreams, logger);
+  const accounts = new AccountDirectory(upstreams.wallet);
+  const saga = new Saga(store, upstreams, accounts, logger);
   const keys = new IdempotencyKeys(db, { retentionMs: config.PAYMENTS_IDEMPOTENCY_RETENTION_HOURS * 3_600_000, lockMs: config.PAYMENTS_LEASE_MS, now });
 
   // Resumes payments whose saga stopped half-way, here or in a replica that died.
@@ -66,7 +69,7 @@ export async function startPayments(env: NodeJS.ProcessEnv = process.env) {
       try {
         for (const p of await store.claimStalled(instanceId, config.PAYMENTS_LEASE_MS, 20)) {
           const done = await saga.run(p, { timeoutMs: config.UPSTREAM_TIMEOUT_MS });
-          await store.releaseLease(p.id, instanceId);
+          if (resumable(done)) await store.releaseLease(p.id, instanceId);
           logger.info({ paymentId: p.id, status: done.status }, "payment resumed");
         }
         await keys.purgeExpired();
@@ -85,7 +88,7 @@ export async function startPayments(env: NodeJS.ProcessEnv = process.env) {
       routes: (router, draining) =>
         router.service(
           PaymentsService,
-          paymentsService({ store, saga, keys, feed, wallet: upstreams.wallet, upstreamTimeoutMs: config.UPSTREAM_TIMEOUT_MS, instanceId, leaseMs: config.PAYMENTS_LEASE_MS, now, draining }),
+          paymentsService({ store, saga, keys, feed, wallet: upstreams.wallet, accounts, upstreamTimeoutMs: config.UPSTREAM_TIMEOUT_MS, instanceId, leaseMs: config.PAYMENTS_LEASE_MS, now, draining }),
         ),
       readiness: [
         databaseReady(db),

@@ -20,8 +20,8 @@ export const TRANSITIONS: Record<Status, readonly Status[]> = {
 
 export const isFinal = (s: Status) => TRANSITIONS[s].length === 0;
 
-/** The states a payment may be in just before moving to `to`. */
-export const sourcesOf = (to: Status): Status[] => (Object.keys(TRANSITIONS) as Status[]).filter((from) => TRANSITIONS[from].includes(to));
+/** A payment whose saga has more to do: the recovery sweep resumes it when its lease runs out. */
+export const resumable = (p: Pick<PaymentRecord, "status" | "captureMethod">) => p.status === "PENDING" || (p.status === "AUTHORIZED" && p.captureMethod === "AUTOMATIC");
 
 export interface PaymentRecord {
   id: string;
@@ -46,6 +46,8 @@ export interface PaymentRecord {
   riskDecisionId: string;
   riskScore: number;
   metadata: Record<string, string>;
+  /** Bumped by every write: a write names the version it read (optimistic concurrency). */
+  version: bigint;
   createdAt: Date;
   updatedAt: Date;
 }

@@ -5,10 +5,16 @@
 // A step that fails for good ends the payment FAILED, undoing the hold if one was placed;
 // one that fails for now (an upstream unreachable) leaves it for the recovery sweep.
 //
+// With automatic capture the wallet places and captures the hold in one transaction (one
+// call, one commit) and the payment goes PENDING -> AUTHORIZED -> CAPTURED in one write with
+// both events; with manual capture the hold stays until CapturePayment or CancelPayment.
+// The risk decision is written with the outcome; it is persisted before the wallet call only
+// with an fx quote, whose terms the hold is then bound to.
+//
 // Traces: run() is a span "saga.run" (a child of the RPC that drives it, or the root of a
 // trace of its own when the recovery sweep resumes a payment), each step a child span:
-// saga.risk, saga.fx_quote, saga.fx_use, saga.wallet_reserve, saga.wallet_capture,
-// saga.wallet_release. All carry paygate.payment_id, paygate.merchant_id and
+// saga.risk, saga.fx_quote, saga.fx_use, saga.wallet_reserve_capture (automatic capture),
+// saga.wallet_reserve, saga.wallet_capture, saga.wallet_release (manual capture). All carry paygate.payment_id, paygate.merchant_id and
 // paygate.currency (and paygate.settlement_currency when it differs), and so do the calls
 // and database transactions made inside them. Never card data, keys or secrets.
 import { Code, ConnectError, type CallOptions, type Client } from "@connectrpc/connect";
@@ -20,7 +26,8 @@ import { money } from "../runtime/money.js";
 import type { Logger } from "../runtime/logger.js";
 import { withAttributes, withSpan, type PaygateAttributes } from "../runtime/tracing.js";
 import type { PaymentRecord } from "./payment.js";
-import type { PaymentStore } from "./store.js";
+import type { AccountDirectory } from "./accounts.js";
+import type { PaymentPatch, PaymentStore } from "./store.js";
 
 export interface Upstreams {
   wallet: Client<typeof WalletService>;
@@ -58,6 +65,7 @@ export class Saga {
   constructor(
     private readonly store: PaymentStore,
     private readonly up: Upstreams,
+    private readonly accounts: AccountDirectory,
     private readonly logger: Logger,
   ) {}
 
@@ -84,9 +92,9 @@ export class Saga {
   }
 
   private async authorize(p: PaymentRecord, call: CallOptions): Promise<PaymentRecord> {
-    const source = (await this.up.wallet.getAccount({ accountId: p.sourceAccountId }, call)).account!;
-
+    let risk: PaymentPatch = {};
     if (p.riskDecisionId === "") {
+      const source = await this.accounts.get(p.sourceAccountId, call);
       const { decision } = await step("risk", p, () =>
         this.up.risk.score(
           {
@@ -101,42 +109,48 @@ export class Saga {
           call,
         ),
       );
-      p = await this.store.patch(p.id, { riskDecisionId: decision!.id, riskScore: decision!.score });
+      risk = { riskDecisionId: decision!.id, riskScore: decision!.score };
       if (decision!.outcome === Outcome.DECLINE) {
         const reasons = decision!.reasons.filter((r) => !r.shadow).map((r) => r.code).join(", ");
-        return this.fail(p, "RISK_DECLINED", `declined by risk (score ${decision!.score}: ${reasons})`);
+        return this.fail(p, "RISK_DECLINED", `declined by risk (score ${decision!.score}: ${reasons})`, risk);
       }
     }
 
-    let settlementMinor = p.amountMinor;
     let fx: { rate: string; quoteId: string; destinationAmount: ReturnType<typeof money> } | undefined;
     if (p.settlementCurrency !== p.currency) {
       if (p.fxQuoteId === null) {
         const { quote } = await step("fx_quote", p, () => this.up.fx.createQuote({ source: { case: "amount", value: money(p.currency, p.amountMinor) }, toCurrency: p.settlementCurrency }, call));
-        p = await this.store.patch(p.id, { fxQuoteId: quote!.id, fxRate: quote!.rate, settlementMinor: quote!.converted!.amountMinor });
+        // Kept before the hold is placed: a resumed saga must place it on the same terms.
+        p = await this.store.patch(p, { ...risk, fxQuoteId: quote!.id, fxRate: quote!.rate, settlementMinor: quote!.converted!.amountMinor });
+        risk = {};
       }
       try {
         // Uses the quote up, on behalf of this payment (the same payment may use it again).
         await step("fx_use", p, () => this.up.fx.convert({ quoteId: p.fxQuoteId!, reference: p.id }, call));
       } catch (err) {
-        if (err instanceof ConnectError && !isTransient(err)) return this.fail(p, reasonOf(err), err.rawMessage);
+        if (err instanceof ConnectError && !isTransient(err)) return this.fail(p, reasonOf(err), err.rawMessage, risk);
         throw err;
       }
-      settlementMinor = p.settlementMinor!;
-      fx = { rate: p.fxRate!, quoteId: p.fxQuoteId!, destinationAmount: money(p.settlementCurrency, settlementMinor) };
-    } else if (p.settlementMinor === null) {
-      p = await this.store.patch(p.id, { settlementMinor });
+      fx = { rate: p.fxRate!, quoteId: p.fxQuoteId!, destinationAmount: money(p.settlementCurrency, p.settlementMinor!) };
     }
 
+    const automatic = p.captureMethod === "AUTOMATIC";
+    let hold;
     try {
-      await step("wallet_reserve", p, () =>
-        this.up.wallet.reserve({ holdId: p.id, accountId: p.sourceAccountId, destinationAccountId: p.destinationAccountId, amount: money(p.currency, p.amountMinor), fx }, call),
-      );
+      ({ hold } = await step(automatic ? "wallet_reserve_capture" : "wallet_reserve", p, () =>
+        this.up.wallet.reserve(
+          { holdId: p.id, accountId: p.sourceAccountId, destinationAccountId: p.destinationAccountId, amount: money(p.currency, p.amountMinor), fx, capture: automatic },
+          call,
+        ),
+      ));
     } catch (err) {
-      if (err instanceof ConnectError && !isTransient(err)) return this.fail(p, reasonOf(err), err.rawMessage);
+      if (err instanceof ConnectError && !isTransient(err)) return this.fail(p, reasonOf(err), err.rawMessage, risk);
       throw err;
     }
-    return this.store.transition(p.id, "AUTHORIZED", "payment.authorized");
+    const authorized = { to: "AUTHORIZED" as const, event: "payment.authorized", patch: risk };
+    if (!automatic) return this.store.transition(p, authorized);
+    const captured = { capturedMinor: p.amountMinor, settlementCapturedMinor: hold!.capturedDestinationAmount?.amountMinor ?? 0n };
+    return this.store.transition(p, [authorized, { to: "CAPTURED", event: "payment.captured", patch: captured }]);
   }
 
   /** Captures `amountMinor` (all when undefined) of an authorized payment; the rest of the hold is released. */
@@ -149,17 +163,17 @@ export class Saga {
       if (!(err instanceof ConnectError) || isTransient(err)) throw err;
       const reason = reasonOf(err);
       // The hold is gone (expired or released): nothing to undo, the authorization lapsed.
-      if (reason === "HOLD_EXPIRED" || reason === "HOLD_RELEASED") return this.store.transition(p.id, "CANCELED", "payment.canceled", { failureReason: "AUTHORIZATION_EXPIRED", failureMessage: err.rawMessage });
+      if (reason === "HOLD_EXPIRED" || reason === "HOLD_RELEASED") return this.store.transition(p, { to: "CANCELED", event: "payment.canceled", patch: { failureReason: "AUTHORIZATION_EXPIRED", failureMessage: err.rawMessage } });
       if (p.captureMethod === "MANUAL") throw err; // e.g. more than authorized: the caller's mistake, payment unchanged
       await step("wallet_release", p, () => this.up.wallet.release({ holdId: p.id }, call));
-      return this.store.transition(p.id, "FAILED", "payment.failed", { failureReason: reason, failureMessage: err.rawMessage });
+      return this.store.transition(p, { to: "FAILED", event: "payment.failed", patch: { failureReason: reason, failureMessage: err.rawMessage } });
     }
     const settlementCaptured = hold!.capturedDestinationAmount?.amountMinor ?? 0n;
-    return this.store.transition(p.id, "CAPTURED", "payment.captured", { capturedMinor: captured, settlementCapturedMinor: settlementCaptured });
+    return this.store.transition(p, { to: "CAPTURED", event: "payment.captured", patch: { capturedMinor: captured, settlementCapturedMinor: settlementCaptured } });
   }
 
-  /** Ends a payment FAILED before any hold was placed (nothing to undo). */
-  private async fail(p: PaymentRecord, reason: string, message: string): Promise<PaymentRecord> {
-    return this.store.transition(p.id, "FAILED", "payment.failed", { failureReason: reason, failureMessage: message });
+  /** Ends a payment FAILED before any hold was placed (nothing to undo), with the saga facts gathered so far. */
+  private async fail(p: PaymentRecord, reason: string, message: string, facts: PaymentPatch): Promise<PaymentRecord> {
+    return this.store.transition(p, { to: "FAILED", event: "payment.failed", patch: { ...facts, failureReason: reason, failureMessage: message } });
   }
 }

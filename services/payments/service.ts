@@ -26,7 +26,8 @@ import type { EventFeed } from "./events.js";
 import { IDEMPOTENCY_HEADER, REPLAYED_HEADER } from "../runtime/headers.js";
 import type { IdempotencyKeys } from "./idempotency.js";
 import { recordReplay } from "./metrics.js";
-import { isFinal, paymentMessage, statusFromProto, type PaymentRecord } from "./payment.js";
+import type { AccountDirectory } from "./accounts.js";
+import { isFinal, paymentMessage, resumable, statusFromProto, type PaymentRecord } from "./payment.js";
 import { reasonOf, type Saga } from "./saga.js";
 import type { PaymentStore } from "./store.js";
 
@@ -36,6 +37,7 @@ export interface PaymentsDeps {
   keys: IdempotencyKeys;
   feed: EventFeed;
   wallet: Client<typeof WalletService>;
+  accounts: AccountDirectory;
   upstreamTimeoutMs: number;
   /** This process's name on the leases it takes. */
   instanceId: string;
@@ -66,7 +68,7 @@ export function paymentsService(deps: PaymentsDeps): ServiceImpl<typeof Payments
   async function account(id: string, field: string, ctx: HandlerContext) {
     if (id === "") throw invalidArgument("MISSING_FIELD", field, `${field} is required`);
     try {
-      return (await deps.wallet.getAccount({ accountId: id }, call(ctx))).account!;
+      return await deps.accounts.get(id, call(ctx));
     } catch (err) {
       if (err instanceof ConnectError && err.code === Code.NotFound) throw notFound("ACCOUNT_NOT_FOUND", `${field}: no account ${JSON.stringify(id)}`, field);
       throw err;
@@ -79,6 +81,7 @@ export function paymentsService(deps: PaymentsDeps): ServiceImpl<typeof Payments
    * for the lease, within the call's deadline; then ABORTED, and the client retries.
    */
   async function resume(p: PaymentRecord, ctx: HandlerContext): Promise<PaymentRecord> {
+    if (!resumable(p)) return p;
     const waitUntil = Date.now() + Math.min(ctx.timeoutMs() ?? deps.upstreamTimeoutMs, deps.leaseMs + 1_000);
     for (;;) {
       const claimed = await store.claim(p.id, deps.instanceId, deps.leaseMs);
@@ -116,8 +119,6 @@ export function paymentsService(deps: PaymentsDeps): ServiceImpl<typeof Payments
         // over from an attempt whose process died finds that attempt's payment and finishes
         // it, instead of paying a second time.
         const id = scope === undefined ? newId("pay") : `pay_${createHash("sha256").update(scope).digest("hex").slice(0, 32)}`;
-        const earlier = scope === undefined ? undefined : await store.find(id);
-        if (earlier) return create(CreatePaymentResponseSchema, { payment: paymentMessage(await resume(earlier, ctx)) });
         const source = await account(req.sourceAccountId, "source_account_id", ctx);
         // Another merchant's account is reported exactly like a missing one.
         if (source.ownerId !== merchantId) throw notFound("ACCOUNT_NOT_FOUND", `source_account_id: no account ${JSON.stringify(source.id)}`, "source_account_id");
@@ -129,7 +130,7 @@ export function paymentsService(deps: PaymentsDeps): ServiceImpl<typeof Payments
           throw invalidArgument("CURRENCY_MISMATCH", "settlement_currency", `settlement_currency: destination account ${destination.id} holds ${destination.currency}, not ${req.settlementCurrency}`);
         }
         const now = deps.now();
-        let p = await store.create(
+        const created = await store.create(
           {
             id,
             merchantId,
@@ -139,7 +140,7 @@ export function paymentsService(deps: PaymentsDeps): ServiceImpl<typeof Payments
             currency: amount.currency,
             amountMinor: amount.amountMinor,
             settlementCurrency: destination.currency,
-            settlementMinor: null,
+            settlementMinor: destination.currency === amount.currency ? amount.amountMinor : null,
             fxRate: null,
             fxQuoteId: null,
             captureMethod: manual ? "MANUAL" : "AUTOMATIC",
@@ -153,16 +154,21 @@ export function paymentsService(deps: PaymentsDeps): ServiceImpl<typeof Payments
             riskDecisionId: "",
             riskScore: 0,
             metadata: Object.fromEntries(metadata),
+            version: 0n,
             createdAt: now,
             updatedAt: now,
           },
           deps.instanceId,
           deps.leaseMs,
         );
+        // Only under a key can the id exist already: an earlier attempt's payment.
+        if (!created) return create(CreatePaymentResponseSchema, { payment: paymentMessage(await resume(await store.get(id), ctx)) });
+        let p = created;
         try {
           p = await saga.run(p, call(ctx));
         } finally {
-          await store.releaseLease(p.id, deps.instanceId);
+          // A payment that left the resumable states dropped its lease as it moved.
+          if (resumable(p)) await store.releaseLease(p.id, deps.instanceId);
         }
         return create(CreatePaymentResponseSchema, { payment: paymentMessage(p) });
       });
@@ -208,7 +214,7 @@ export function paymentsService(deps: PaymentsDeps): ServiceImpl<typeof Payments
           // An expired hold is already released: canceling finishes what expiry began.
           if (!(err instanceof ConnectError) || reasonOf(err) !== "HOLD_EXPIRED") throw err;
         }
-        const canceled = await store.transition(p.id, "CANCELED", "payment.canceled", { failureMessage: req.reason });
+        const canceled = await store.transition(p, { to: "CANCELED", event: "payment.canceled", patch: { failureMessage: req.reason } });
         return create(CancelPaymentResponseSchema, { payment: paymentMessage(canceled) });
       });
     },
@@ -241,13 +247,15 @@ export function paymentsService(deps: PaymentsDeps): ServiceImpl<typeof Payments
           call(ctx),
         );
         const refund = { id: refundId, paymentId: p.id, amountMinor, settlementMinor, reason: req.reason, createdAt: deps.now() };
+        // At the version read above: a concurrent refund in between makes this one ABORTED.
         const refunded = await store.transition(
-          p.id,
-          amountMinor === refundable ? "REFUNDED" : "PARTIALLY_REFUNDED",
-          "payment.refunded",
-          { refundedMinor: p.refundedMinor + amountMinor, settlementRefundedMinor: p.settlementRefundedMinor + settlementMinor },
+          p,
+          {
+            to: amountMinor === refundable ? "REFUNDED" : "PARTIALLY_REFUNDED",
+            event: "payment.refunded",
+            patch: { refundedMinor: p.refundedMinor + amountMinor, settlementRefundedMinor: p.settlementRefundedMinor + settlementMinor },
+          },
           (tx) => store.insertRefund(tx, refund),
-          { refundedMinor: p.refundedMinor },
         );
         return create(RefundPaymentResponseSchema, {
           payment: paymentMessage(refunded),

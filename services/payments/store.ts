@@ -6,7 +6,7 @@ import type { Database, Queryable } from "../runtime/db.js";
 import { DomainError, failedPrecondition, invalidArgument, notFound } from "../runtime/errors.js";
 import { newId } from "../runtime/ids.js";
 import { recordStatus } from "./metrics.js";
-import { paymentMessage, sourcesOf, type PaymentRecord, type Status } from "./payment.js";
+import { paymentMessage, resumable, TRANSITIONS, type PaymentRecord, type Status } from "./payment.js";
 
 interface PaymentRow {
   id: string;
@@ -31,6 +31,7 @@ interface PaymentRow {
   risk_decision_id: string;
   risk_score: number;
   metadata: Record<string, string> | string;
+  version: bigint;
   created_at: Date;
   updated_at: Date;
 }
@@ -58,6 +59,7 @@ const fromRow = (r: PaymentRow): PaymentRecord => ({
   riskDecisionId: r.risk_decision_id,
   riskScore: r.risk_score,
   metadata: typeof r.metadata === "string" ? (JSON.parse(r.metadata) as Record<string, string>) : r.metadata,
+  version: r.version,
   createdAt: r.created_at,
   updatedAt: r.updated_at,
 });
@@ -79,6 +81,13 @@ const COLUMNS = {
 } as const;
 
 export type PaymentPatch = Partial<Pick<PaymentRecord, keyof typeof COLUMNS>>;
+
+/** One legal transition: the state reached, its event type, and the fields it sets. */
+export interface Step {
+  to: Status;
+  event: string;
+  patch?: PaymentPatch;
+}
 
 export interface StoredEvent {
   seq: bigint;
@@ -107,22 +116,27 @@ export class PaymentStore {
     private readonly onEvents: () => void,
   ) {}
 
-  async create(p: PaymentRecord, leaseOwner: string, leaseMs: number): Promise<PaymentRecord> {
-    const created = await this.db.transaction(async (tx) => {
-      const { rows } = await tx.query<PaymentRow>(
-        `INSERT INTO payments (id, merchant_id, merchant_reference, source_account_id, destination_account_id, currency, amount_minor,
-           settlement_currency, capture_method, status, metadata, lease_owner, lease_until, created_at, updated_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'PENDING', $10, $11, $12, $13, $13) RETURNING *`,
-        [p.id, p.merchantId, p.merchantReference, p.sourceAccountId, p.destinationAccountId, p.currency, p.amountMinor,
-          p.settlementCurrency, p.captureMethod, JSON.stringify(p.metadata), leaseOwner, new Date(p.createdAt.getTime() + leaseMs), p.createdAt],
-      );
-      const payment = fromRow(rows[0]!);
-      await this.appendEvent(tx, "payment.created", payment);
-      return payment;
-    });
+  /**
+   * Inserts a new payment leased to `leaseOwner`, with its "payment.created" event, in one
+   * statement; undefined when a payment with its id exists already.
+   */
+  async create(p: PaymentRecord, leaseOwner: string, leaseMs: number): Promise<PaymentRecord | undefined> {
+    const { rowCount } = await this.db.query(
+      `WITH created AS (
+         INSERT INTO payments (id, merchant_id, merchant_reference, source_account_id, destination_account_id, currency, amount_minor,
+           settlement_currency, settlement_minor, capture_method, status, metadata, lease_owner, lease_until, version, created_at, updated_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'PENDING', $11, $12, $13, 0, $14, $14)
+         ON CONFLICT (id) DO NOTHING RETURNING id)
+       INSERT INTO payment_events (id, merchant_id, payment_id, type, payment, occurred_at)
+       SELECT $15, $2, id, 'payment.created', $16, $14 FROM created`,
+      [p.id, p.merchantId, p.merchantReference, p.sourceAccountId, p.destinationAccountId, p.currency, p.amountMinor, p.settlementCurrency,
+        p.settlementMinor, p.captureMethod, JSON.stringify(p.metadata), leaseOwner, new Date(p.createdAt.getTime() + leaseMs), p.createdAt,
+        newId("evt"), toBinary(PaymentSchema, paymentMessage(p))],
+    );
+    if (rowCount === 0) return undefined;
     this.onEvents();
-    recordStatus(created);
-    return created;
+    recordStatus(p);
+    return p;
   }
 
   async get(id: string, merchantId?: string): Promise<PaymentRecord> {
@@ -133,12 +147,6 @@ export class PaymentStore {
       throw notFound("PAYMENT_NOT_FOUND", `payment_id: no payment ${JSON.stringify(id)}`, "payment_id");
     }
     return fromRow(row);
-  }
-
-  /** The payment, or undefined when there is none. */
-  async find(id: string): Promise<PaymentRecord | undefined> {
-    const { rows } = await this.db.query<PaymentRow>("SELECT * FROM payments WHERE id = $1", [id]);
-    return rows[0] && fromRow(rows[0]);
   }
 
   /** Leases one payment to `owner` if no live lease holds it; undefined otherwise. */
@@ -152,54 +160,68 @@ export class PaymentStore {
   }
 
   /** Saves saga facts (risk decision, fx quote) without a state change. */
-  async patch(id: string, patch: PaymentPatch): Promise<PaymentRecord> {
-    const { sets, values } = assignments(patch, 2);
-    const { rows } = await this.db.query<PaymentRow>(`UPDATE payments SET ${[...sets, `updated_at = $${values.length + 2}`].join(", ")} WHERE id = $1 RETURNING *`, [
-      id,
+  async patch(p: PaymentRecord, patch: PaymentPatch): Promise<PaymentRecord> {
+    const next: PaymentRecord = { ...p, ...patch, version: p.version + 1n, updatedAt: this.now() };
+    const { sets, values } = assignments(patch, 4);
+    const { rowCount } = await this.db.query(`UPDATE payments SET ${[...sets, "version = version + 1", "updated_at = $3"].join(", ")} WHERE id = $1 AND version = $2`, [
+      p.id,
+      p.version,
+      next.updatedAt,
       ...values,
-      this.now(),
     ]);
-    return fromRow(rows[0]!);
+    if (rowCount === 0) throw concurrentUpdate(p.id);
+    return next;
   }
 
   /**
-   * Moves a payment to `to` if its current state may lead there, records the event, and
-   * runs `also` in the same transaction (e.g. inserting a refund). A payment already moved
-   * elsewhere is a FAILED_PRECONDITION naming its state.
+   * Moves payment `p` (as read, at its version) along `steps`, each a legal transition with
+   * its event and the fields it sets, in one statement that also records the events; runs
+   * `also` in the same transaction when given (e.g. inserting a refund). Leaving the states
+   * the recovery sweep resumes also drops the saga's lease. A payment changed since it was
+   * read is ABORTED CONCURRENT_UPDATE, or FAILED_PRECONDITION when its state no longer leads
+   * to the first step.
    */
-  async transition(
-    id: string,
-    to: Status,
-    event: string,
-    patch: PaymentPatch = {},
-    also?: (tx: Queryable, p: PaymentRecord) => Promise<void>,
-    /** Refunded amount the caller read: a concurrent refund in between makes this one ABORTED. */
-    expect?: { refundedMinor: bigint },
-  ): Promise<PaymentRecord> {
-    const moved = await this.db.transaction(async (tx) => {
-      const { sets, values } = assignments(patch, 5);
-      const { rows } = await tx.query<PaymentRow>(
-        `UPDATE payments SET status = $2, ${[...sets, `updated_at = $${values.length + 5}`].join(", ")}
-         WHERE id = $1 AND status = ANY($3::text[]) AND ($4::bigint IS NULL OR refunded_minor = $4) RETURNING *`,
-        [id, to, sourcesOf(to), expect?.refundedMinor ?? null, ...values, this.now()],
-      );
-      if (!rows[0]) {
-        const current = await tx.query<PaymentRow>("SELECT * FROM payments WHERE id = $1", [id]);
-        const row = current.rows[0];
-        if (!row) throw notFound("PAYMENT_NOT_FOUND", `payment_id: no payment ${JSON.stringify(id)}`, "payment_id");
-        if (expect && row.refunded_minor !== expect.refundedMinor && sourcesOf(to).includes(row.status)) {
-          throw new DomainError("aborted", "CONCURRENT_UPDATE", `payment ${id} changed while this request ran; retry`, "payment_id");
-        }
-        throw failedPrecondition("ILLEGAL_TRANSITION", `payment ${id} is ${row.status} and cannot become ${to}`, "payment_id", { status: row.status });
-      }
-      const payment = fromRow(rows[0]);
-      await also?.(tx, payment);
-      await this.appendEvent(tx, event, payment);
-      return payment;
-    });
+  async transition(p: PaymentRecord, steps: Step | Step[], also?: (tx: Queryable, moved: PaymentRecord) => Promise<void>): Promise<PaymentRecord> {
+    const path = Array.isArray(steps) ? steps : [steps];
+    const now = this.now();
+    // What the payment looks like after each step: the snapshots its events carry.
+    const snapshots: PaymentRecord[] = [];
+    let from = p.status;
+    let current: PaymentRecord = p;
+    for (const step of path) {
+      if (!TRANSITIONS[from].includes(step.to)) throw illegal(p.id, from, step.to);
+      current = { ...current, ...step.patch, status: step.to, version: p.version + 1n, updatedAt: now };
+      snapshots.push(current);
+      from = step.to;
+    }
+    const patch: PaymentPatch = Object.assign({}, ...path.map((s) => s.patch));
+    const { sets, values } = assignments(patch, 5 + 3 * path.length);
+    if (!resumable(current)) sets.push("lease_owner = NULL", "lease_until = NULL");
+    const events = path.map((step, i) => `($${5 + 3 * i}::text, $${6 + 3 * i}::text, $${7 + 3 * i}::bytea, ${i})`);
+    const sql = `WITH moved AS (
+        UPDATE payments SET ${["status = $3", "version = version + 1", "updated_at = $4", ...sets].join(", ")}
+        WHERE id = $1 AND version = $2 RETURNING merchant_id)
+      INSERT INTO payment_events (id, merchant_id, payment_id, type, payment, occurred_at)
+      SELECT e.id, moved.merchant_id, $1, e.type, e.payment, $4 FROM moved, (VALUES ${events.join(", ")}) AS e(id, type, payment, n) ORDER BY e.n`;
+    const params = [p.id, p.version, current.status, now, ...path.flatMap((step, i) => [newId("evt"), step.event, toBinary(PaymentSchema, paymentMessage(snapshots[i]!))]), ...values];
+    const write = async (q: Queryable) => {
+      const { rowCount } = await q.query(sql, params);
+      if (rowCount === 0) await this.explainMiss(q, p, path[0]!.to);
+      await also?.(q, current);
+    };
+    await (also ? this.db.transaction(write) : write(this.db));
     this.onEvents();
-    recordStatus(moved, expect?.refundedMinor);
-    return moved;
+    for (const snapshot of snapshots) recordStatus(snapshot, snapshot === current ? p.refundedMinor : undefined);
+    return current;
+  }
+
+  /** Why a write at `p.version` matched nothing: the payment is gone, moved on, or changed. */
+  private async explainMiss(q: Queryable, p: PaymentRecord, to: Status): Promise<never> {
+    const { rows } = await q.query<{ status: Status }>("SELECT status FROM payments WHERE id = $1", [p.id]);
+    const status = rows[0]?.status;
+    if (!status) throw notFound("PAYMENT_NOT_FOUND", `payment_id: no payment ${JSON.stringify(p.id)}`, "payment_id");
+    if (TRANSITIONS[status].includes(to)) throw concurrentUpdate(p.id);
+    throw illegal(p.id, status, to);
   }
 
   async list(merchantId: string, status: Status | undefined, pageSize: number, pageToken: string): Promise<{ payments: PaymentRecord[]; nextPageToken: string }> {
@@ -272,17 +294,6 @@ export class PaymentStore {
     const { rows } = await this.db.query<{ seq: bigint | null }>("SELECT max(seq) AS seq FROM payment_events");
     return rows[0]?.seq ?? 0n;
   }
-
-  private async appendEvent(tx: Queryable, type: string, p: PaymentRecord): Promise<void> {
-    await tx.query("INSERT INTO payment_events (id, merchant_id, payment_id, type, payment, occurred_at) VALUES ($1, $2, $3, $4, $5, $6)", [
-      newId("evt"),
-      p.merchantId,
-      p.id,
-      type,
-      toBinary(PaymentSchema, paymentMessage(p)),
-      p.updatedAt,
-    ]);
-  }
 }
 
 function assignments(patch: PaymentPatch, firstParam: number): { sets: string[]; values: unknown[] } {
@@ -296,3 +307,7 @@ function assignments(patch: PaymentPatch, firstParam: number): { sets: string[];
   }
   return { sets, values };
 }
+
+const concurrentUpdate = (id: string) => new DomainError("aborted", "CONCURRENT_UPDATE", `payment ${id} changed while this request ran; retry`, "payment_id");
+
+const illegal = (id: string, from: Status, to: Status) => failedPrecondition("ILLEGAL_TRANSITION", `payment ${id} is ${from} and cannot become ${to}`, "payment_id", { status: from });

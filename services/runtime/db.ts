@@ -89,25 +89,26 @@ async function timed<T>(operation: "query" | "transaction", run: () => Promise<T
   }
 }
 
-// Traces: a CLIENT span "db.transaction" per transaction() run inside a traced request (a
-// child of the RPC, REST or saga span; background sweeps outside any trace make none), with
-// db.system / db.system.name = "postgresql", db.operation.name = "TRANSACTION",
+// Traces: a CLIENT span "db.transaction" per transaction() run, and "db.query" per query()
+// outside a transaction (a transaction of its own), inside a traced request (a child of the
+// RPC, REST or saga span; background sweeps outside any trace make none), with
+// db.system / db.system.name = "postgresql", db.operation.name = "TRANSACTION" | "QUERY",
 // paygate.db.schema, paygate.db.backend ("postgres" | "pglite"), paygate.db.outcome
 // ("commit" | "rollback"), paygate.db.attempts (PostgreSQL retries) and the Paygate
 // attributes of the enclosing code (paygate.payment_id...). Never SQL text or values.
 // A rollback by a domain error (a refusal) is not a span error; any other failure is.
-function traced<T>(backend: Database["backend"], schema: string, run: (span: Span | undefined) => Promise<T>): Promise<T> {
+function traced<T>(backend: Database["backend"], schema: string, operation: "transaction" | "query", run: (span: Span | undefined) => Promise<T>): Promise<T> {
   const parent = context.active();
   if (trace.getSpan(parent) === undefined) return run(undefined);
   const span = tracer.startSpan(
-    "db.transaction",
+    `db.${operation}`,
     {
       kind: SpanKind.CLIENT,
       attributes: {
         ...contextAttributes(parent),
         "db.system": "postgresql",
         "db.system.name": "postgresql",
-        "db.operation.name": "TRANSACTION",
+        "db.operation.name": operation.toUpperCase(),
         "paygate.db.schema": schema,
         "paygate.db.backend": backend,
       },
@@ -160,10 +161,10 @@ async function openPostgres(url: string, schema: string, max: number): Promise<D
     });
   return {
     backend: "postgres",
-    query: (sql, params) => query(pool, sql, params),
+    query: (sql, params) => traced("postgres", schema, "query", () => query(pool, sql, params)),
     exec: async (sql) => void (await pool.query(sql)),
     transaction: (fn) =>
-      traced("postgres", schema, (span) =>
+      traced("postgres", schema, "transaction", (span) =>
         timed("transaction", async () => {
           for (let attempt = 1; ; attempt++) {
             span?.setAttribute("paygate.db.attempts", attempt);
@@ -213,11 +214,11 @@ async function openPglite(dataDir: string, schema: string): Promise<Database> {
     });
   return {
     backend: "pglite",
-    query: (sql, params) => query(db, sql, params),
+    query: (sql, params) => traced("pglite", schema, "query", () => query(db, sql, params)),
     exec: async (sql) => void (await db.exec(sql)),
     // PGlite is one connection: its transaction() also serialises concurrent callers.
     transaction: (fn) =>
-      traced("pglite", schema, () =>
+      traced("pglite", schema, "transaction", () =>
         timed("transaction", async () => {
           try {
             const result = await db.transaction((tx) => fn({ query: (sql, params) => query(tx, sql, params), exec: async (sql) => void (await tx.exec(sql)) }));

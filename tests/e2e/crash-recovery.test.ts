@@ -1,23 +1,24 @@
-// Crash between reserve and capture. Payments runs as its own PROCESS (node --import tsx
-// services/payments/main.ts) on ports picked in advance; fx, risk, wallet and the gateway run
-// in this process. Payments reaches the wallet through a fault-injecting proxy (see
-// tests/support/stack.ts) that holds one chosen wallet call; while it is held the test
-// SIGKILLs the payments process, so the saga dies at a known point:
-//   - Reserve, after the wallet placed the hold (payments never recorded AUTHORIZED);
-//   - Capture, before the wallet saw it (hold placed, capture never ran);
-//   - Capture, after the wallet posted it (payments never recorded CAPTURED).
-// Payments is then started again on the same database with a short lease and recovery
-// interval. The payment must end CAPTURED (or FAILED with its hold released) with exactly one
-// debit, the hold resolved once, and the ledger reconciling: no money created or lost. A
-// client retrying the original request with its Idempotency-Key must get that same payment
-// (and, with the recovery sweep off, the retry itself finishes it).
+// Crashes around the wallet's reserve and capture. Payments runs as its own PROCESS (node
+// --import tsx services/payments/main.ts) on ports picked in advance; fx, risk, wallet and
+// the gateway run in this process. Payments reaches the wallet through a fault-injecting
+// proxy (see tests/support/stack.ts) that holds one chosen wallet call; while it is held the
+// test SIGKILLs the payments process, so the saga dies at a known point:
+//   - automatic capture (one wallet Reserve that places and captures the hold): before the
+//     wallet saw it (nothing moved), or after it committed (money moved, payments never
+//     recorded it);
+//   - manual capture, between reserve and capture: CapturePayment killed before the wallet's
+//     Capture ran (hold placed, not captured), or after it posted (payments never recorded it).
+// Payments is then started again on the same database. The payment must end CAPTURED with
+// exactly one debit, the hold resolved once, and the ledger reconciling: no money created or
+// lost. A client retrying the original request with its Idempotency-Key must get that same
+// payment (and, with the recovery sweep off, the retry itself finishes it).
 //
 // Databases: on PostgreSQL the child uses the stack's database (schema "payments"); on PGlite
 // it uses a temporary folder of its own (DATA_DIR), which survives the kill.
 import { randomUUID } from "node:crypto";
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from "vitest";
 import { Code, ConnectError } from "@connectrpc/connect";
-import { PaymentStatus, type Payment } from "../../services/gen/paygate/payments/v1/payments_pb.js";
+import { CaptureMethod, PaymentStatus, type Payment } from "../../services/gen/paygate/payments/v1/payments_pb.js";
 import { EntryDirection, HoldStatus } from "../../services/gen/paygate/wallet/v1/wallet_pb.js";
 import { storageBackends } from "../support/postgres.js";
 import {
@@ -76,13 +77,14 @@ describe.each(storageBackends())("payments killed between reserve and capture ($
   // finisher "recovery": the restarted process's sweep finishes the payment, then the client
   // retries. "retry": the sweep is off; the client's retry with its key finishes it.
   it.each([
-    { method: "Reserve", phase: "after" as Phase, from: "USD", to: "USD", finisher: "recovery" },
-    { method: "Capture", phase: "before" as Phase, from: "USD", to: "USD", finisher: "recovery" },
-    { method: "Capture", phase: "after" as Phase, from: "USD", to: "JPY", finisher: "recovery" },
-    { method: "Capture", phase: "before" as Phase, from: "EUR", to: "KWD", finisher: "recovery" },
-    { method: "Capture", phase: "before" as Phase, from: "USD", to: "IDR", finisher: "retry" },
-    { method: "Reserve", phase: "after" as Phase, from: "USD", to: "USD", finisher: "retry" },
-  ])("killed at $method ($phase the wallet ran it), $from -> $to, finished by $finisher: CAPTURED, one debit, books balance", async ({ method, phase, from, to, finisher }) => {
+    { phase: "after" as Phase, from: "USD", to: "USD", finisher: "recovery" },
+    { phase: "before" as Phase, from: "USD", to: "USD", finisher: "recovery" },
+    { phase: "after" as Phase, from: "USD", to: "JPY", finisher: "recovery" },
+    { phase: "before" as Phase, from: "EUR", to: "KWD", finisher: "recovery" },
+    { phase: "before" as Phase, from: "USD", to: "IDR", finisher: "retry" },
+    { phase: "after" as Phase, from: "USD", to: "USD", finisher: "retry" },
+  ])("automatic capture killed at Reserve ($phase the wallet ran it), $from -> $to, finished by $finisher: CAPTURED, one debit, books balance", async ({ phase, from, to, finisher }) => {
+    const method = "Reserve";
     const proxy = stack.walletProxy!;
     const first = await startPaymentsProcess({ PAYMENTS_LEASE_MS: FIRST_LEASE_MS, PAYMENTS_RECOVERY_INTERVAL_MS: "200" });
 
@@ -109,8 +111,8 @@ describe.each(storageBackends())("payments killed between reserve and capture ($
 
     // What the crash left behind in the wallet: a hold, captured or not; nothing else.
     const left = await balanceOf(acme.wallet, src);
-    if (method === "Capture" && phase === "after") expect(left).toEqual({ posted: 10000n - amountMinor, pending: 0n, available: 10000n - amountMinor });
-    else expect(left).toEqual({ posted: 10000n, pending: amountMinor, available: 10000n - amountMinor });
+    if (phase === "after") expect(left).toEqual({ posted: 10000n - amountMinor, pending: 0n, available: 10000n - amountMinor });
+    else expect(left).toEqual({ posted: 10000n, pending: 0n, available: 10000n });
 
     // Payments comes back on the same database (with its recovery sweep, or practically without).
     await startPaymentsProcess({ PAYMENTS_LEASE_MS: "500", PAYMENTS_RECOVERY_INTERVAL_MS: finisher === "recovery" ? "200" : "600000" });
@@ -127,7 +129,7 @@ describe.each(storageBackends())("payments killed between reserve and capture ($
         200,
       );
     } else {
-      expect(["PENDING", "AUTHORIZED"]).toContain(PaymentStatus[found.status]);
+      expect(PaymentStatus[found.status]).toBe("PENDING");
       payment = await retryUntilSettled(() => acme.payments.createPayment(request, { headers: { "idempotency-key": key } }));
       expect(payment.id).toBe(found.id);
     }
@@ -146,6 +148,47 @@ describe.each(storageBackends())("payments killed between reserve and capture ($
     expect(PaymentStatus[retried.status]).toBe("CAPTURED");
     const mine = (await acme.payments.listPayments({ pageSize: 100 })).payments.filter((p) => p.merchantReference === reference);
     expect(mine.map((p) => p.id)).toEqual([payment.id]);
+    await expectOneCapture(payment, src, dst, amountMinor, settlement);
+  });
+
+  it.each([
+    { phase: "before" as Phase, from: "USD", to: "USD" },
+    { phase: "after" as Phase, from: "EUR", to: "JPY" },
+  ])("manual capture killed at Capture ($phase the wallet ran it), $from -> $to, finished by the client's retry: CAPTURED, one debit, books balance", async ({ phase, from, to }) => {
+    const proxy = stack.walletProxy!;
+    const first = await startPaymentsProcess({ PAYMENTS_LEASE_MS: FIRST_LEASE_MS, PAYMENTS_RECOVERY_INTERVAL_MS: "200" });
+    const src = await stack.fund(ACME.id, from, "100.00");
+    const dst = await stack.fund(GLOBEX.id, to, "0");
+    const amountMinor = minor("42.50", from);
+    const { payment: authorized } = await acme.payments.createPayment({ sourceAccountId: src, destinationAccountId: dst, amount: { currency: from, amountMinor }, captureMethod: CaptureMethod.MANUAL });
+    expect(PaymentStatus[authorized!.status]).toBe("AUTHORIZED");
+    const key = `crash-capture-${randomUUID()}`;
+    const capture = () => acme.payments.capturePayment({ paymentId: authorized!.id }, { headers: { "idempotency-key": key } });
+
+    const hit = proxy.arm("Capture", phase);
+    const call = capture().then(
+      () => ({ ok: true as const }),
+      (err: unknown) => ({ ok: false as const, err }),
+    );
+    await Promise.race([hit, call.then((r) => Promise.reject(new Error(`CapturePayment ended before the wallet's Capture was held: ${String(r.ok)}`)))]);
+    await first.kill("SIGKILL");
+    proxy.release();
+    expect((await call).ok, "the client sees the call fail when payments dies").toBe(false);
+
+    const left = await balanceOf(acme.wallet, src);
+    if (phase === "after") expect(left).toEqual({ posted: 10000n - amountMinor, pending: 0n, available: 10000n - amountMinor });
+    else expect(left).toEqual({ posted: 10000n, pending: amountMinor, available: 10000n - amountMinor });
+
+    // Manual payments are the client's to finish (the sweep leaves them): its retry, once the
+    // dead attempt's key lock runs out.
+    await startPaymentsProcess({ PAYMENTS_LEASE_MS: "500", PAYMENTS_RECOVERY_INTERVAL_MS: "200" });
+    expect(PaymentStatus[(await acme.payments.getPayment({ paymentId: authorized!.id })).payment!.status]).toBe("AUTHORIZED");
+    const payment = await retryUntilSettled(capture);
+    expect(payment.id).toBe(authorized!.id);
+    expect(PaymentStatus[payment.status]).toBe("CAPTURED");
+    expect(payment.capturedAmount?.amountMinor).toBe(amountMinor);
+    const settlement = from === to ? amountMinor : expectedConversion(amountMinor, from, payment.fxRate, to);
+    expect(payment.settlementAmount?.amountMinor).toBe(settlement);
     await expectOneCapture(payment, src, dst, amountMinor, settlement);
   });
 
