@@ -2,6 +2,7 @@
 // embedded PGlite (Postgres compiled to WebAssembly) otherwise. Each service keeps its
 // tables in a schema of its own name, so services can share one PostgreSQL database and
 // still never touch each other's tables.
+import { createHash } from "node:crypto";
 import { mkdirSync } from "node:fs";
 import path from "node:path";
 import { PGlite } from "@electric-sql/pglite";
@@ -138,6 +139,19 @@ export async function openDatabase(opts: DatabaseOptions): Promise<Database> {
   return opts.url ? openPostgres(opts.url, opts.schema, opts.poolSize ?? 10) : openPglite(opts.dataDir, opts.schema);
 }
 
+// Statements with parameters run as named prepared statements: PostgreSQL parses and plans
+// each once per connection instead of on every call. The name is derived from the text (the
+// texts are the code's own, so there are a bounded number of them).
+const statementNames = new Map<string, string>();
+function statementName(sql: string): string {
+  let name = statementNames.get(sql);
+  if (name === undefined) {
+    name = `paygate_${createHash("sha256").update(sql).digest("hex").slice(0, 24)}`;
+    statementNames.set(sql, name);
+  }
+  return name;
+}
+
 async function openPostgres(url: string, schema: string, max: number): Promise<Database> {
   // int8 comes back as bigint on both backends: money is never a JS number.
   const types = { getTypeParser: (oid: number, format?: "text" | "binary") => (oid === INT8_OID ? BigInt : pg.types.getTypeParser(oid, format)) } as pg.CustomTypesConfig;
@@ -156,7 +170,7 @@ async function openPostgres(url: string, schema: string, max: number): Promise<D
   pools.add(pool);
   const query = <T>(client: pg.Pool | pg.PoolClient, sql: string, params?: unknown[]) =>
     timed("query", async () => {
-      const r = await client.query(sql, params as unknown[]);
+      const r = await client.query({ text: sql, values: params, name: params?.length ? statementName(sql) : undefined });
       return { rows: r.rows as T[], rowCount: r.rowCount ?? 0 };
     });
   return {
