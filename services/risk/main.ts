@@ -22,6 +22,8 @@ export const riskEnv = {
   FX_URL: z.string().url().default("http://127.0.0.1:9092"),
   /** YAML rule set; the shipped services/risk/rules.yaml when unset. */
   RISK_RULES_FILE: z.string().min(1).optional(),
+  /** How long an fx rate to the base currency is reused for the rules, in ms; 0 fetches one per Score. */
+  RISK_FX_RATE_MAX_AGE_MS: z.coerce.number().int().min(0).max(60_000).default(5_000),
 };
 
 export async function startRisk(env: NodeJS.ProcessEnv = process.env) {
@@ -39,7 +41,14 @@ export async function startRisk(env: NodeJS.ProcessEnv = process.env) {
       routes: (router) =>
         router.service(
           RiskService,
-          riskService({ rules, store: new DecisionStore(db), fx: upstreamClient(FxService, fxTransport), upstreamTimeoutMs: config.UPSTREAM_TIMEOUT_MS, now: () => new Date() }),
+          riskService({
+            rules,
+            store: new DecisionStore(db),
+            fx: upstreamClient(FxService, fxTransport),
+            upstreamTimeoutMs: config.UPSTREAM_TIMEOUT_MS,
+            fxRateMaxAgeMs: config.RISK_FX_RATE_MAX_AGE_MS,
+            now: () => new Date(),
+          }),
         ),
       readiness: [
         databaseReady(db),

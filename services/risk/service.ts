@@ -1,16 +1,16 @@
-// RiskService: gathers the facts about a payment (amount in the base currency through fx,
-// the account's recent payments, its age), runs the rules and records the decision.
+// RiskService: gathers the facts about a payment (amount in the base currency at a cached fx
+// rate, the account's recent payments, its age), runs the rules and records the decision.
 import { createHash } from "node:crypto";
 import { create } from "@bufbuild/protobuf";
 import { timestampDate, timestampFromDate } from "@bufbuild/protobuf/wkt";
-import { Code, ConnectError, type Client, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
+import type { Client, ServiceImpl } from "@connectrpc/connect";
 import type { FxService } from "../gen/paygate/fx/v1/fx_pb.js";
 import { DecisionSchema, Outcome as OutcomeProto, RiskService, type Decision, type ScoreRequest } from "../gen/paygate/risk/v1/risk_pb.js";
 import { DomainError, invalidArgument, notFound } from "../runtime/errors.js";
 import { newId } from "../runtime/ids.js";
 import { counter } from "../runtime/metrics.js";
 import { currencyInfo, money, readMoney, requirePositive } from "../runtime/money.js";
-import { downstream } from "../runtime/upstream.js";
+import { BaseRates } from "./rates.js";
 import { evaluate, type Outcome, type RuleSet } from "./rules.js";
 import type { DecisionRecord, DecisionStore } from "./store.js";
 
@@ -22,6 +22,8 @@ export interface RiskDeps {
   store: DecisionStore;
   fx: Client<typeof FxService>;
   upstreamTimeoutMs: number;
+  /** How long a cached fx rate is used (see rates.ts). */
+  fxRateMaxAgeMs: number;
   now: () => Date;
 }
 
@@ -34,55 +36,36 @@ const outcomes: Record<Outcome, OutcomeProto> = {
 export function riskService(deps: RiskDeps): ServiceImpl<typeof RiskService> {
   const { rules, store } = deps;
 
-  /** The amount in the base currency, or undefined when fx cannot be reached. */
-  async function baseAmount(currency: string, amountMinor: bigint, ctx: HandlerContext): Promise<bigint | undefined> {
-    if (currency === rules.baseCurrency) return amountMinor;
-    const options = downstream(ctx, deps.upstreamTimeoutMs);
-    // Read after `options` (it only shrinks): fx got all the time our caller has left, so fx
-    // running out of it is our caller's deadline.
-    const callerRemainingMs = ctx.timeoutMs();
-    const boundByCaller = callerRemainingMs !== undefined && (options.timeoutMs ?? Infinity) >= callerRemainingMs;
-    try {
-      const res = await deps.fx.convert({ source: { case: "amount", value: money(currency, amountMinor) }, toCurrency: rules.baseCurrency }, options);
-      if (!res.converted) throw new Error("fx returned a conversion without a converted amount");
-      return res.converted.amountMinor;
-    } catch (err) {
-      const unreachable = err instanceof ConnectError && (err.code === Code.Unavailable || err.code === Code.DeadlineExceeded);
-      // Our own caller giving up is not fx being down: no decision is recorded then. The
-      // downstream timer and our own deadline timer expire together and either may fire
-      // first, so a DEADLINE_EXCEEDED under the caller's deadline counts as the caller's.
-      const callerGaveUp = ctx.signal.aborted || (boundByCaller && err instanceof ConnectError && err.code === Code.DeadlineExceeded);
-      if (!unreachable || callerGaveUp) throw err;
-      return undefined;
-    }
-  }
+  const rates = new BaseRates({ fx: deps.fx, baseCurrency: rules.baseCurrency, maxAgeMs: deps.fxRateMaxAgeMs, upstreamTimeoutMs: deps.upstreamTimeoutMs, now: deps.now });
 
   return {
     async score(req, ctx) {
       const input = validate(req);
       const requestHash = fingerprint(input);
-      const earlier = await store.byPayment(input.paymentId);
-      if (earlier) return { decision: toProto(sameRequest(earlier, requestHash)) };
-
-      const base = await baseAmount(input.currency, input.amountMinor, ctx);
+      let base: bigint | undefined;
+      try {
+        base = await rates.baseAmount(input.currency, input.amountMinor, ctx);
+      } catch (err) {
+        // A payment scored already gets its decision (or PAYMENT_ALREADY_SCORED) whatever fx said.
+        const earlier = await store.byPayment(input.paymentId);
+        if (earlier) return { decision: toProto(sameRequest(earlier, requestHash)) };
+        throw err;
+      }
       let decided = false; // a new decision, not one recorded earlier
       const decision = await store.scoring(input.accountId, async (tx) => {
-        const raced = await tx.byPayment(input.paymentId);
-        if (raced) return sameRequest(raced, requestHash);
         const now = deps.now();
+        const facts = await tx.facts(input.paymentId, input.accountId, now, rules.velocity.map((r) => new Date(now.getTime() - r.windowMs)));
+        if (facts.earlier) return sameRequest(facts.earlier, requestHash);
         // Risk sees the account now even when this caller says when it was opened: a later
         // payment without account_opened_at must not take the account for a new one.
-        const firstSeen = await tx.firstSeen(input.accountId, now);
-        const openedAt = input.accountOpenedAt ?? firstSeen;
-        const windows = [];
-        for (const r of rules.velocity) windows.push(await tx.window(input.accountId, new Date(now.getTime() - r.windowMs)));
+        const openedAt = input.accountOpenedAt ?? facts.firstSeen;
         const result = evaluate(rules, {
           accountId: input.accountId,
           currency: input.currency,
           accountCurrency: input.accountCurrency,
           baseAmountMinor: base,
           accountAgeMs: now.getTime() - openedAt.getTime(),
-          windows,
+          windows: facts.windows,
         });
         const record: DecisionRecord = {
           id: newId("rd"),

@@ -66,13 +66,23 @@ const fromRow = (r: DecisionRow): DecisionRecord => ({
   createdAt: r.created_at,
 });
 
+/**
+ * What a decision transaction reads, in one statement: the decision already recorded for the
+ * payment (and then nothing else), or the facts for a new one.
+ */
+export type ScoringFacts =
+  | { earlier: DecisionRecord }
+  | {
+      earlier: undefined;
+      /** When the account was first seen (recorded as `now` if never). */
+      firstSeen: Date;
+      /** Per `since` (same order): earlier decisions of the account after it, count and sum of known base amounts. */
+      windows: { count: number; sumMinor: bigint }[];
+    };
+
 /** What a decision transaction can read and write. */
 export interface ScoringTx {
-  byPayment(paymentId: string): Promise<DecisionRecord | undefined>;
-  /** When the account was first seen (recording `now` if never). */
-  firstSeen(accountId: string, now: Date): Promise<Date>;
-  /** Earlier decisions of the account since `since`: count and sum of known base amounts. */
-  window(accountId: string, since: Date): Promise<{ count: number; sumMinor: bigint }>;
+  facts(paymentId: string, accountId: string, now: Date, since: Date[]): Promise<ScoringFacts>;
   insert(d: DecisionRecord): Promise<void>;
 }
 
@@ -92,19 +102,7 @@ export class DecisionStore {
     return this.db.transaction(async (q) => {
       await q.query("SELECT pg_advisory_xact_lock(hashtext($1))", [`risk:${accountId}`]);
       return fn({
-        byPayment: (paymentId) => one(q, "SELECT * FROM decisions WHERE payment_id = $1", [paymentId]),
-        async firstSeen(account, now) {
-          await q.query("INSERT INTO accounts_seen (account_id, first_seen_at) VALUES ($1, $2) ON CONFLICT (account_id) DO NOTHING", [account, now]);
-          const { rows } = await q.query<{ first_seen_at: Date }>("SELECT first_seen_at FROM accounts_seen WHERE account_id = $1", [account]);
-          return rows[0]!.first_seen_at;
-        },
-        async window(account, since) {
-          const { rows } = await q.query<{ count: bigint; sum: bigint }>(
-            "SELECT count(*)::int8 AS count, coalesce(sum(base_amount_minor), 0)::int8 AS sum FROM decisions WHERE account_id = $1 AND created_at > $2",
-            [account, since],
-          );
-          return { count: Number(rows[0]!.count), sumMinor: rows[0]!.sum };
-        },
+        facts: (paymentId, account, now, since) => facts(q, paymentId, account, now, since),
         async insert(d) {
           await q.query(
             `INSERT INTO decisions (id, payment_id, merchant_id, account_id, destination_account_id, currency, amount_minor, account_currency,
@@ -117,6 +115,41 @@ export class DecisionStore {
       });
     });
   }
+}
+
+/**
+ * One statement for everything a decision needs: the payment's earlier decision (its row, or
+ * nulls), the account's first sighting and a count and a sum per velocity window, all windows
+ * read in one pass over the largest through decisions_account_recent.
+ * First sighting: the INSERT records `now` unless the account has a row; its RETURNING is empty
+ * then, and the SELECT beside it sees the table as it was before the INSERT, so exactly one of
+ * the two has the date. (A refused call rolls back, so it records no sighting.)
+ */
+async function facts(q: Queryable, paymentId: string, accountId: string, now: Date, since: Date[]): Promise<ScoringFacts> {
+  const params: unknown[] = [paymentId, accountId, now];
+  const arg = (value: unknown) => `$${params.push(value)}::timestamptz`;
+  let recent = "";
+  if (since.length > 0) {
+    const oldest = arg(new Date(Math.min(...since.map((d) => d.getTime()))));
+    const columns = since.map((s, i) => {
+      const inside = `created_at > ${arg(s)}`;
+      return `count(*) FILTER (WHERE ${inside})::int8 AS count_${i}, coalesce(sum(base_amount_minor) FILTER (WHERE ${inside}), 0)::int8 AS sum_${i}`;
+    });
+    recent = `CROSS JOIN (SELECT ${columns.join(", ")} FROM decisions WHERE account_id = $2 AND created_at > ${oldest}) AS recent`;
+  }
+  const { rows } = await q.query<DecisionRow & { first_seen_at: Date } & Record<`${"count" | "sum"}_${number}`, bigint>>(
+    `WITH seen AS (INSERT INTO accounts_seen (account_id, first_seen_at) VALUES ($2, $3) ON CONFLICT (account_id) DO NOTHING RETURNING first_seen_at)
+     SELECT *, coalesce((SELECT first_seen_at FROM seen), (SELECT first_seen_at FROM accounts_seen WHERE account_id = $2)) AS first_seen_at
+     FROM (SELECT) AS one LEFT JOIN decisions AS earlier ON earlier.payment_id = $1 ${recent}`,
+    params,
+  );
+  const row = rows[0]!;
+  if (row.id !== null) return { earlier: fromRow(row) };
+  return {
+    earlier: undefined,
+    firstSeen: row.first_seen_at,
+    windows: since.map((_, i) => ({ count: Number(row[`count_${i}`]), sumMinor: row[`sum_${i}`]! })),
+  };
 }
 
 async function one(q: Queryable, sql: string, params: unknown[]): Promise<DecisionRecord | undefined> {

@@ -1,21 +1,34 @@
 // RiskService end to end in-process: the real handlers behind a router transport, a real
 // database (PGlite always; PostgreSQL too when TEST_DATABASE_URL is set), a clock the test
-// moves, and fx either real (in-process, rates frozen at the reference snapshot) or down.
+// moves (it also ages risk's cached fx rates), and fx either real (in-process, rates frozen at
+// the reference snapshot), down, or a fake.
 import { randomUUID } from "node:crypto";
 import { fileURLToPath } from "node:url";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { timestampDate, timestampFromDate } from "@bufbuild/protobuf/wkt";
-import { Code, ConnectError, createClient, createRouterTransport, type Client, type Interceptor, type ServiceImpl, type Transport } from "@connectrpc/connect";
+import {
+  Code,
+  ConnectError,
+  createClient,
+  createHandlerContext,
+  createRouterTransport,
+  type CallOptions,
+  type Client,
+  type Interceptor,
+  type ServiceImpl,
+  type Transport,
+} from "@connectrpc/connect";
 import { ErrorDetailSchema, type ErrorDetail } from "../../services/gen/paygate/common/v1/common_pb.js";
 import { FxService } from "../../services/gen/paygate/fx/v1/fx_pb.js";
 import { Outcome, RiskService, type Decision, type ScoreRequest } from "../../services/gen/paygate/risk/v1/risk_pb.js";
 import { loadReferenceSnapshot, SimulatedMarket } from "../../services/fx/market.js";
 import { QuoteStore } from "../../services/fx/quotes.js";
 import { fxService } from "../../services/fx/service.js";
+import { BaseRates } from "../../services/risk/rates.js";
 import { parseRuleSet, type RuleSet } from "../../services/risk/rules.js";
 import { riskService } from "../../services/risk/service.js";
 import { DecisionStore } from "../../services/risk/store.js";
-import { openDatabase, type Database } from "../../services/runtime/db.js";
+import { openDatabase, type Database, type Queryable } from "../../services/runtime/db.js";
 import { errorMapping } from "../../services/runtime/interceptors.js";
 import { createLogger } from "../../services/runtime/logger.js";
 import { migrate } from "../../services/runtime/migrate.js";
@@ -24,6 +37,8 @@ import { storageBackends, testDatabases } from "../support/postgres.js";
 import { stringify } from "yaml";
 
 type ScoreInit = Omit<ScoreRequest, "$typeName" | "$unknown">;
+/** fx as risk sees it: the real one, one that is down, or a fake. */
+type FxMode = "real" | "down" | Partial<ServiceImpl<typeof FxService>>;
 type Doc = Record<string, unknown>;
 
 const HOUR = 3_600_000;
@@ -87,6 +102,29 @@ afterAll(async () => {
   await fxDb?.close();
 });
 
+/** `db`, logging each statement it runs (whitespace collapsed) into `log`. */
+function logged(db: Database, log: string[]): Database {
+  const wrap = (q: Queryable): Queryable => ({
+    query: (sql, params) => (log.push(sql.replace(/\s+/g, " ").trim()), q.query(sql, params)),
+    exec: (sql) => q.exec(sql),
+  });
+  return {
+    ...db,
+    ...wrap(db),
+    async transaction(fn) {
+      log.push("BEGIN");
+      try {
+        const result = await db.transaction((tx) => fn(wrap(tx)));
+        log.push("COMMIT");
+        return result;
+      } catch (err) {
+        log.push("ROLLBACK");
+        throw err;
+      }
+    },
+  };
+}
+
 async function usdOf(currency: string, amountMinor: bigint): Promise<bigint> {
   const res = await fxDirect.convert({ source: { case: "amount", value: money(currency, amountMinor) }, toCurrency: "USD" });
   expect(res.converted?.currency).toBe("USD");
@@ -96,12 +134,14 @@ async function usdOf(currency: string, amountMinor: bigint): Promise<bigint> {
 describe.each(storageBackends())("risk service on $name", (backend) => {
   const dbs = testDatabases(backend, "risk_service");
   let store: DecisionStore;
+  /** Every statement risk sent, BEGIN and COMMIT/ROLLBACK included. */
+  const statements: string[] = [];
 
   beforeAll(async () => {
     const db = await dbs.open(dbs.newSchema());
     const { applied } = await migrate(db, fileURLToPath(new URL("../../services/risk/migrations", import.meta.url)));
     expect(applied).toContain("001_decisions.sql");
-    store = new DecisionStore(db);
+    store = new DecisionStore(logged(db, statements));
   });
 
   afterAll(async () => {
@@ -112,13 +152,15 @@ describe.each(storageBackends())("risk service on $name", (backend) => {
     risk: Client<typeof RiskService>;
     rules: RuleSet;
     clock: Clock;
+    /** Swaps the fx risk talks to. */
+    setFx(mode: FxMode): void;
     /** Calls risk made to fx so far. */
     fxCalls(): number;
     /** Score with defaults filled in (a fresh payment id, an old account, USD). */
     score(over?: Partial<ScoreInit>, options?: { timeoutMs?: number }): Promise<Decision>;
   }
 
-  function harness(opts: { rules?: Doc | string; fx?: "real" | "down" | Partial<ServiceImpl<typeof FxService>> } = {}): Harness {
+  function harness(opts: { rules?: Doc | string; fx?: FxMode; fxRateMaxAgeMs?: number } = {}): Harness {
     const rules = parseRuleSet(typeof opts.rules === "string" ? opts.rules : rulesYaml(opts.rules), "test rules");
     const clock = new Clock();
     let calls = 0;
@@ -126,20 +168,31 @@ describe.each(storageBackends())("risk service on $name", (backend) => {
       calls++;
       return next(req);
     };
-    const fx = opts.fx ?? "real";
+    let fx = opts.fx ?? "real";
     const down: Partial<ServiceImpl<typeof FxService>> = {
-      convert() {
+      getRate() {
         throw new ConnectError("down", Code.Unavailable);
       },
     };
-    const fxTransport: Transport = createRouterTransport((r) => r.service(FxService, fx === "real" ? fxImpl : fx === "down" ? down : fx), {
+    // Risk asks fx for rates only: GetRate goes to whatever fx is at the moment.
+    const current: Partial<ServiceImpl<typeof FxService>> = {
+      getRate(req, ctx) {
+        const impl = fx === "real" ? fxImpl : fx === "down" ? down : fx;
+        if (!impl.getRate) throw new ConnectError("not implemented", Code.Unimplemented);
+        return impl.getRate(req, ctx);
+      },
+    };
+    const fxTransport: Transport = createRouterTransport((r) => r.service(FxService, current), {
       router: { interceptors: [counting, errorMapping(logger)] },
     });
     const risk = createClient(
       RiskService,
       createRouterTransport(
         (r) =>
-          r.service(RiskService, riskService({ rules, store, fx: createClient(FxService, fxTransport), upstreamTimeoutMs: 5_000, now: clock.now })),
+          r.service(
+            RiskService,
+            riskService({ rules, store, fx: createClient(FxService, fxTransport), upstreamTimeoutMs: 5_000, fxRateMaxAgeMs: opts.fxRateMaxAgeMs ?? 5_000, now: clock.now }),
+          ),
         routerOptions,
       ),
     );
@@ -148,6 +201,7 @@ describe.each(storageBackends())("risk service on $name", (backend) => {
       risk,
       rules,
       clock,
+      setFx: (mode) => void (fx = mode),
       fxCalls: () => calls,
       async score(over = {}, options = {}) {
         const res = await risk.score(
@@ -423,7 +477,7 @@ describe.each(storageBackends())("risk service on $name", (backend) => {
       // the same deadline may fire a moment later, so risk must not take this for fx being down
       // (it used to record a DECLINE with FX_UNAVAILABLE for a caller already gone).
       const timesOut: Partial<ServiceImpl<typeof FxService>> = {
-        convert(_req, ctx) {
+        getRate(_req, ctx) {
           expect(ctx.timeoutMs()).toBeDefined();
           throw new ConnectError("the operation timed out", Code.DeadlineExceeded);
         },
@@ -445,8 +499,126 @@ describe.each(storageBackends())("risk service on $name", (backend) => {
       const paymentId = `pay_${uid()}`;
       const err = await rpcError(h.score({ paymentId, amount: money("ISK", 1_000n) }));
       expect(err.code).toBe(Code.InvalidArgument);
-      expect(err.detail?.reason).toBe("UNSUPPORTED_CURRENCY");
+      expect(err.detail).toMatchObject({ reason: "UNSUPPORTED_CURRENCY", field: "amount.currency" });
+      // Word for word what fx's Convert says about the same amount (risk asks GetRate, whose field is base_currency).
+      const fxSays = await rpcError(fxDirect.convert({ source: { case: "amount", value: money("ISK", 1_000n) }, toCurrency: "USD" }));
+      expect(err.message).toBe(fxSays.message);
+      expect(err.message).toMatch(/^amount\.currency: ISK/);
       expect((await rpcError(h.risk.getDecision({ key: { case: "paymentId", value: paymentId } }))).code).toBe(Code.NotFound);
+    });
+  });
+
+  describe("fx rate cache", () => {
+    it("one GetRate per currency for every Score within the max age, conversions exact; fetched again once it is that old", async () => {
+      const h = harness({ fxRateMaxAgeMs: 5_000 });
+      const eur = async (amountMinor: bigint) => {
+        const d = await h.score({ amount: money("EUR", amountMinor) });
+        expect(d.baseAmount).toEqual(money("USD", await usdOf("EUR", amountMinor)));
+      };
+      await eur(10_00n);
+      expect(h.fxCalls()).toBe(1);
+      h.clock.advance(2_000);
+      for (const amount of [1n, 33_33n, 1_000_000_00n]) await eur(amount);
+      h.clock.advance(2_999);
+      await Promise.all([7n, 8n, 9n, 10n, 11n].map(eur));
+      expect(h.fxCalls()).toBe(1);
+      // Each currency has its rate.
+      const jpy = await h.score({ amount: money("JPY", 12_345n) });
+      expect(jpy.baseAmount).toEqual(money("USD", await usdOf("JPY", 12_345n)));
+      expect(h.fxCalls()).toBe(2);
+      // 5 s after the EUR rate was fetched it is too old.
+      h.clock.advance(1);
+      await eur(10_00n);
+      expect(h.fxCalls()).toBe(3);
+      await eur(10_00n);
+      expect(h.fxCalls()).toBe(3);
+
+      const uncached = harness({ fxRateMaxAgeMs: 0 });
+      for (const n of [1n, 2n, 3n]) await uncached.score({ amount: money("EUR", n) });
+      expect(uncached.fxCalls()).toBe(3);
+    });
+
+    it("fx down: a fresh cached rate still converts; once too old, FX_UNAVAILABLE (fail closed) until fx is back", async () => {
+      const h = harness({ rules: { rules: { amount: [{ over: "1.00", points: 20 }] } }, fxRateMaxAgeMs: 5_000 });
+      expect(codes(await h.score({ amount: money("EUR", 10_00n) }))).toEqual(["AMOUNT_OVER_THRESHOLD"]);
+      h.setFx("down");
+      h.clock.advance(4_999);
+      const cached = await h.score({ amount: money("EUR", 10_00n) });
+      expect(codes(cached)).toEqual(["AMOUNT_OVER_THRESHOLD"]);
+      expect(cached.baseAmount).toEqual(money("USD", await usdOf("EUR", 10_00n)));
+      expect(h.fxCalls()).toBe(1);
+      h.clock.advance(1);
+      const stale = await h.score({ amount: money("EUR", 10_00n) });
+      expect(stale).toMatchObject({ score: 99, outcome: Outcome.DECLINE });
+      expect(codes(stale)).toEqual(["FX_UNAVAILABLE"]);
+      expect(stale.baseAmount).toBeUndefined();
+      expect(h.fxCalls()).toBe(2);
+      // fx down is not remembered: the next Score asks again, and fx is back.
+      h.setFx("real");
+      expect(codes(await h.score({ amount: money("EUR", 10_00n) }))).toEqual(["AMOUNT_OVER_THRESHOLD"]);
+      expect(h.fxCalls()).toBe(3);
+    });
+
+    it("a payment scored already gets its decision, or PAYMENT_ALREADY_SCORED, even when fx then fails the call", async () => {
+      const h = harness({ fxRateMaxAgeMs: 1_000 });
+      const req: Partial<ScoreInit> = { paymentId: `pay_${uid()}`, amount: money("EUR", 10_00n) };
+      const d = await h.score(req);
+      h.clock.advance(1_000); // the rate is too old: a replay asks fx again
+      h.setFx({
+        getRate() {
+          throw new ConnectError("the operation timed out", Code.DeadlineExceeded);
+        },
+      });
+      expect(await h.score(req, { timeoutMs: 5_000 })).toEqual(d);
+      const other = await rpcError(h.score({ ...req, amount: money("EUR", 10_01n) }, { timeoutMs: 5_000 }));
+      expect(other.code).toBe(Code.AlreadyExists);
+      expect(other.detail?.reason).toBe("PAYMENT_ALREADY_SCORED");
+      // A new payment under the same failure still gets the caller's deadline.
+      expect((await rpcError(h.score({ amount: money("EUR", 10_00n) }, { timeoutMs: 5_000 }))).code).toBe(Code.DeadlineExceeded);
+      expect(h.fxCalls()).toBe(4);
+    });
+
+    it("an amount whose base value exceeds int64 is refused as fx's Convert refuses it; nothing recorded", async () => {
+      const h = harness();
+      const amount = money("EUR", 2n ** 63n - 1n);
+      const fxSays = await rpcError(fxDirect.convert({ source: { case: "amount", value: amount }, toCurrency: "USD" }));
+      expect(fxSays.detail?.reason).toBe("AMOUNT_OUT_OF_RANGE");
+      const paymentId = `pay_${uid()}`;
+      const err = await rpcError(h.score({ paymentId, amount }));
+      expect(err).toEqual(fxSays);
+      expect((await rpcError(h.risk.getDecision({ key: { case: "paymentId", value: paymentId } }))).code).toBe(Code.NotFound);
+    });
+  });
+
+  describe("statements", () => {
+    it("a new Score is BEGIN, the account lock, one read, the INSERT, COMMIT; a replay is the same without the INSERT", async () => {
+      const h = harness({
+        rules: { rules: { velocity: [{ window: "1m", maxCount: 5, points: 40 }, { window: "1h", maxSum: "100.00", points: 40 }], newAccount: { maxAge: "24h", points: 10 } } },
+      });
+      const kind = (sql: string) =>
+        ["BEGIN", "COMMIT", "ROLLBACK"].includes(sql) ? sql : sql.includes("pg_advisory_xact_lock") ? "lock" : sql.startsWith("INSERT INTO decisions") ? "insert" : "read";
+      const shape = () => statements.map(kind);
+      const req: Partial<ScoreInit> = { paymentId: `pay_${uid()}`, amount: money("EUR", 10_00n), accountOpenedAt: undefined };
+      statements.length = 0;
+      await h.score(req);
+      expect(shape()).toEqual(["BEGIN", "lock", "read", "insert", "COMMIT"]);
+      statements.length = 0;
+      await h.score(req);
+      expect(shape()).toEqual(["BEGIN", "lock", "read", "COMMIT"]);
+      statements.length = 0;
+      await rpcError(h.score({ ...req, amount: money("EUR", 10_01n) }));
+      expect(shape()).toEqual(["BEGIN", "lock", "read", "ROLLBACK"]);
+    });
+
+    it("a refused Score does not record the account as seen", async () => {
+      const h = harness({ rules: { rules: { newAccount: { maxAge: "24h", points: 10 } } } });
+      const paymentId = `pay_${uid()}`;
+      await h.score({ paymentId });
+      const other = `acc_${uid()}`;
+      expect((await rpcError(h.score({ paymentId, accountId: other }))).code).toBe(Code.AlreadyExists);
+      // A day later the other account is still new to risk: the refused call did not count.
+      h.clock.advance(DAY);
+      expect(codes(await h.score({ accountId: other, accountOpenedAt: undefined }))).toEqual(["NEW_ACCOUNT"]);
     });
   });
 
@@ -460,6 +632,21 @@ describe.each(storageBackends())("risk service on $name", (backend) => {
       // Every payment saw exactly the ones before it: the 11th to the 30th.
       const counts = fired.map((d) => Number(/^(\d+) payments/.exec(d.reasons[0]!.message)?.[1])).sort((a, b) => a - b);
       expect(counts).toEqual(Array.from({ length: 20 }, (_, i) => i + 11));
+    });
+
+    it("two windows read in one query: concurrent payments see exactly the earlier ones in each", async () => {
+      const h = harness({ rules: { rules: { velocity: [{ window: "1m", maxCount: 3, points: 10 }, { window: "1h", maxSum: "10.50", points: 20 }] } } });
+      // Five payments of 1.00 half an hour ago: inside the hour, outside the minute.
+      for (let i = 0; i < 5; i++) await h.score({ amount: money("USD", 1_00n) });
+      h.clock.advance(30 * 60_000);
+      const decisions = await Promise.all(Array.from({ length: 10 }, () => h.score({ amount: money("USD", 1_00n) })));
+      const fired = (code: string) => decisions.filter((d) => codes(d).includes(code));
+      // The k-th (from 0) sees k payments in the minute and 5 + k in the hour.
+      const counts = fired("VELOCITY_COUNT").map((d) => Number(/^(\d+) payments/.exec(d.reasons.find((r) => r.code === "VELOCITY_COUNT")!.message)?.[1]));
+      expect(counts.sort((a, b) => a - b)).toEqual([4, 5, 6, 7, 8, 9, 10]);
+      expect(fired("VELOCITY_SUM")).toHaveLength(5); // 5 + k + 1 > 10.50 from k = 5
+      // Every one over the sum is over the count too: payments are in one order for both windows.
+      for (const d of fired("VELOCITY_SUM")) expect(codes(d)).toContain("VELOCITY_COUNT");
     });
   });
 
@@ -502,5 +689,80 @@ describe.each(storageBackends())("risk service on $name", (backend) => {
       const empty = await rpcError(h.risk.getDecision({ key: { case: "paymentId", value: "" } }));
       expect(empty.code).toBe(Code.InvalidArgument);
     });
+  });
+});
+
+describe("BaseRates", () => {
+  interface PendingCall {
+    currency: string;
+    options: CallOptions | undefined;
+    answer(midRate: string): void;
+  }
+  /** An fx client whose GetRate calls wait for the test to answer them, and honour their signal. */
+  function slowFx() {
+    const calls: PendingCall[] = [];
+    const client = {
+      getRate(req: { baseCurrency: string }, options?: CallOptions) {
+        return new Promise((resolve, reject) => {
+          options?.signal?.addEventListener("abort", () => reject(ConnectError.from(options.signal!.reason)), { once: true });
+          calls.push({ currency: req.baseCurrency, options, answer: (midRate) => resolve({ rate: { midRate } }) });
+        });
+      },
+    } as unknown as Client<typeof FxService>;
+    return { calls, client };
+  }
+  const context = (timeoutMs?: number) =>
+    createHandlerContext({ service: RiskService, method: RiskService.method.score, protocolName: "connect", requestMethod: "POST", url: "http://risk/", timeoutMs });
+  const rates = (fx: Client<typeof FxService>, maxAgeMs = 5_000) => new BaseRates({ fx, baseCurrency: "USD", maxAgeMs, upstreamTimeoutMs: 5_000, now: () => new Date(T0) });
+
+  it("concurrent misses for one currency share one GetRate; the result is converted exactly, half-even", async () => {
+    const fx = slowFx();
+    const r = rates(fx.client, 0); // nothing cached: only sharing saves calls
+    // Ties: 10.00 EUR at 1.0845 is 1084.5 cents, to the even 1084; 0.03 EUR is 3.2535 cents.
+    const amounts = [10_00n, 3n, 10_00n, 1n, 10_00n];
+    const pending = amounts.map((a) => r.baseAmount("EUR", a, context()));
+    const jpy = r.baseAmount("JPY", 12_345n, context());
+    expect(fx.calls.map((c) => c.currency)).toEqual(["EUR", "JPY"]);
+    fx.calls[0]!.answer("1.0845");
+    fx.calls[1]!.answer("0.0077");
+    expect(await Promise.all(pending)).toEqual([1084n, 3n, 1084n, 1n, 1084n]);
+    expect(await jpy).toBe(9506n); // 95.0565 USD
+    // The call carried the caller's time (none: risk's own upstream timeout).
+    expect(fx.calls[0]!.options?.timeoutMs).toBe(5_000);
+    // Settled, so the next miss asks again.
+    const again = r.baseAmount("EUR", 10_00n, context());
+    expect(fx.calls).toHaveLength(3);
+    fx.calls[2]!.answer("1.0845");
+    expect(await again).toBe(1084n);
+  });
+
+  it("the base currency needs no rate", async () => {
+    const fx = slowFx();
+    expect(await rates(fx.client).baseAmount("USD", 12_34n, context())).toBe(12_34n);
+    expect(fx.calls).toHaveLength(0);
+  });
+
+  it("a Score whose caller gives up ends alone: one sharing the call gets the rate, another call if need be", async () => {
+    const fx = slowFx();
+    const r = rates(fx.client);
+    const first = context(60_000);
+    const second = context();
+    const third = context(60_000);
+    const a = r.baseAmount("EUR", 10_00n, first);
+    const b = r.baseAmount("EUR", 10_00n, second);
+    const c = r.baseAmount("EUR", 10_00n, third);
+    expect(fx.calls).toHaveLength(1);
+    // The call carries the first caller's deadline and cancellation.
+    expect(fx.calls[0]!.options?.timeoutMs).toBeLessThanOrEqual(60_000);
+    third.abort(new ConnectError("canceled by the client", Code.Canceled));
+    expect((await c.then(() => undefined, (e: unknown) => ConnectError.from(e)))?.code).toBe(Code.Canceled);
+    first.abort(new ConnectError("canceled by the client", Code.Canceled));
+    expect((await a.then(() => undefined, (e: unknown) => ConnectError.from(e)))?.code).toBe(Code.Canceled);
+    // The second Score's caller is still there: it asks fx again rather than failing or
+    // taking fx for unreachable.
+    await expect.poll(() => fx.calls.length).toBe(2);
+    expect(fx.calls[1]!.options?.signal).toBe(second.signal);
+    fx.calls[1]!.answer("1.0845");
+    expect(await b).toBe(1084n);
   });
 });

@@ -1,7 +1,7 @@
 // Risk over real sockets: fx and risk started as their processes start them (port 0,
 // in-memory databases), called with Connect JSON over HTTP/1.1 (fetch), gRPC (grpc-js,
 // knowing only the .proto files) and gRPC-Web; readiness and fail-closed behaviour when fx
-// goes away; the caller's deadline carried down to fx.
+// goes away; the caller's deadline carried down to fx when risk asks it for a rate.
 import { randomUUID } from "node:crypto";
 import { fileURLToPath } from "node:url";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -213,6 +213,12 @@ describe("risk over the wire", () => {
     expect(await unary(health, "Check", { service: "paygate.risk.v1.RiskService" })).toEqual({ status: "SERVING" });
   });
 
+  it("RISK_FX_RATE_MAX_AGE_MS must be a whole number of ms up to a minute", async () => {
+    for (const bad of ["soon", "-1", "1.5", "60001"]) {
+      await expect(startRisk({ ...envFor(fx.url), RISK_FX_RATE_MAX_AGE_MS: bad })).rejects.toThrow(/RISK_FX_RATE_MAX_AGE_MS/);
+    }
+  });
+
   it("/readyz is 200 while fx is up", async () => {
     const r = await readyz(risk.adminUrl);
     expect(r.status).toBe(200);
@@ -239,7 +245,8 @@ describe("risk over the wire", () => {
     it("a non-USD payment is declined with FX_UNAVAILABLE within the upstream timeout, and recorded", async () => {
       const paymentId = `pay_${uid()}`;
       const started = performance.now();
-      const d = (await riskGrpc.score({ paymentId, accountId: `acc_${uid()}`, amount: money("EUR", 10_00n), accountOpenedAt: timestampFromDate(opened) }, { timeoutMs: 20_000 })).decision!;
+      // GBP: no earlier test asked risk for it, so no rate of it is cached.
+      const d = (await riskGrpc.score({ paymentId, accountId: `acc_${uid()}`, amount: money("GBP", 10_00n), accountOpenedAt: timestampFromDate(opened) }, { timeoutMs: 20_000 })).decision!;
       const elapsed = performance.now() - started;
       expect(d.outcome).toBe(Outcome.DECLINE);
       expect(d.score).toBe(99);
@@ -279,13 +286,13 @@ describe("deadline propagation to a slow fx", () => {
         services: [FxService],
         routes: (router) =>
           router.service(FxService, {
-            async convert(req, ctx) {
+            async getRate(req, ctx) {
               const started = performance.now();
               const call: SeenCall = { timeoutMs: ctx.timeoutMs(), abortedAfterMs: undefined, done: sleep(FX_DELAY_MS) };
               ctx.signal.addEventListener("abort", () => (call.abortedAfterMs = performance.now() - started), { once: true });
               seen.push(call);
               await call.done;
-              return { source: req.source.case === "amount" ? req.source.value : undefined, converted: money(req.toCurrency, 1n) };
+              return { rate: { baseCurrency: req.baseCurrency, quoteCurrency: req.quoteCurrency, midRate: "1" } };
             },
           }),
       },
