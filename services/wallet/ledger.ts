@@ -69,6 +69,22 @@ interface Leg {
   kind: string;
 }
 
+/** A movement to write: a transfer of `legs` (when it has an id) and a change to a pending total. */
+interface Posting {
+  transferId?: string;
+  kind?: string;
+  hash?: string;
+  legs: Leg[];
+  pending?: { accountId: string; amountMinor: bigint };
+}
+
+/** The CTE inserting a new hold (parameters $13..$28), yielding no row when its id exists. */
+const HOLD_INSERT = `hold AS (
+  INSERT INTO holds (id, account_id, destination_account_id, currency, amount_minor, destination_currency, destination_minor,
+    fx_rate, fx_quote_id, status, captured_minor, captured_destination_minor, request_hash, expires_at, created_at, resolved_at)
+  VALUES ($13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28)
+  ON CONFLICT (id) DO NOTHING RETURNING id)`;
+
 /** Ids of Paygate's own accounts, one per currency and kind, created on first use. */
 export const systemAccountId = (kind: "LIQUIDITY" | "EXTERNAL", currency: string) => `${kind.toLowerCase()}_${currency}`;
 
@@ -135,7 +151,7 @@ export class Ledger {
       const hash = fingerprint(["credit", req.accountId, req.currency, req.amountMinor]);
       if (await this.replayed(tx, req.transferId, hash)) return account;
       const locked = await this.lock(tx, [account.id], [{ kind: "EXTERNAL", currency: req.currency }]);
-      await this.post(tx, req.transferId, "credit", hash, [{ from: systemAccountId("EXTERNAL", req.currency), to: account.id, currency: req.currency, amountMinor: req.amountMinor, kind: "credit" }]);
+      await this.write(tx, { transferId: req.transferId, kind: "credit", hash, legs: [{ from: systemAccountId("EXTERNAL", req.currency), to: account.id, currency: req.currency, amountMinor: req.amountMinor, kind: "credit" }] });
       const before = locked.get(account.id)!;
       return { ...before, postedMinor: before.postedMinor + req.amountMinor };
     });
@@ -177,27 +193,26 @@ export class Ledger {
       requireCurrency(source, req.currency, "amount.currency");
       if (source.id === destination.id) throw invalidArgument("SAME_ACCOUNT", "destination_account_id", "destination_account_id: must differ from account_id");
       const destinationMinor = settle(source.currency, destination.currency, req.amountMinor, req.fx, "fx");
-      const now = this.now();
       const captured = req.capture === true;
-      const { rows } = await tx.query<HoldRow>(
-        `INSERT INTO holds (id, account_id, destination_account_id, currency, amount_minor, destination_currency, destination_minor,
-           fx_rate, fx_quote_id, status, captured_minor, captured_destination_minor, request_hash, expires_at, created_at, resolved_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
-         ON CONFLICT (id) DO NOTHING RETURNING *`,
-        [req.holdId, source.id, destination.id, source.currency, req.amountMinor, destination.currency, destinationMinor,
-          req.fx?.rate ?? null, req.fx?.quoteId || null, captured ? "CAPTURED" : "PENDING", captured ? req.amountMinor : null,
-          captured ? destinationMinor : null, hash, new Date(now.getTime() + req.ttlMs), now, captured ? now : null],
-      );
-      if (!rows[0]) return this.repeatReserve(tx, req.holdId, hash, captured);
       const available = source.postedMinor - source.pendingMinor;
-      // Thrown after the insert: the rollback takes the hold away again.
-      if (source.kind === "USER" && available < req.amountMinor) throw insufficientFunds(source.id, req.currency, req.amountMinor, available);
-      if (captured) {
-        await this.post(tx, `${req.holdId}:capture`, "capture", fingerprint(["capture", req.holdId, req.amountMinor]), this.legs(source.id, destination.id, source.currency, req.amountMinor, destination.currency, destinationMinor, "capture"));
-      } else {
-        await applyTotals(tx, new Map([[source.id, { posted: 0n, pending: req.amountMinor }]]));
+      if (source.kind === "USER" && available < req.amountMinor) {
+        // Too little for a new hold; a retry of one placed earlier still gets it.
+        if (await holdById(tx, req.holdId)) return this.repeatReserve(tx, req.holdId, hash, captured);
+        throw insufficientFunds(source.id, req.currency, req.amountMinor, available);
       }
-      return holdFromRow(rows[0]);
+      const now = this.now();
+      const hold = {
+        id: req.holdId, accountId: source.id, destinationAccountId: destination.id, currency: source.currency, amountMinor: req.amountMinor,
+        destinationCurrency: destination.currency, destinationMinor, fxRate: req.fx?.rate ? formatDecimal(parseDecimal(req.fx.rate, "fx.rate")) : null, fxQuoteId: req.fx?.quoteId || null,
+        status: captured ? "CAPTURED" : "PENDING", capturedMinor: captured ? req.amountMinor : null, capturedDestinationMinor: captured ? destinationMinor : null,
+        expiresAt: new Date(now.getTime() + req.ttlMs), createdAt: now, resolvedAt: captured ? now : null,
+      } satisfies Hold;
+      const posting = captured
+        ? { transferId: `${req.holdId}:capture`, kind: "capture", hash: fingerprint(["capture", req.holdId, req.amountMinor]), legs: this.legs(source.id, destination.id, source.currency, req.amountMinor, destination.currency, destinationMinor, "capture") }
+        : { legs: [], pending: { accountId: source.id, amountMinor: req.amountMinor } };
+      // The hold, and its posting or pending total, in one statement; nothing when the id exists.
+      const placed = await this.write(tx, posting, { hold, hash });
+      return placed ? hold : this.repeatReserve(tx, req.holdId, hash, captured);
     });
   }
 
@@ -279,7 +294,7 @@ export class Ledger {
       if (await this.replayed(tx, req.transferId, hash)) return result;
       const available = source.postedMinor - source.pendingMinor;
       if (source.kind === "USER" && available < req.amountMinor) throw insufficientFunds(source.id, source.currency, req.amountMinor, available);
-      await this.post(tx, req.transferId, "transfer", hash, this.legs(source.id, destination.id, source.currency, req.amountMinor, destination.currency, destinationMinor, "transfer"));
+      await this.write(tx, { transferId: req.transferId, kind: "transfer", hash, legs: this.legs(source.id, destination.id, source.currency, req.amountMinor, destination.currency, destinationMinor, "transfer") });
       return result;
     });
   }
@@ -337,7 +352,7 @@ export class Ledger {
     const destinationMinor = captured === hold.amountMinor ? hold.destinationMinor : settle(hold.currency, hold.destinationCurrency, captured, hold.fxRate ? { rate: hold.fxRate, quoteId: "" } : undefined, "fx");
     await this.lock(tx, [hold.accountId, hold.destinationAccountId], hold.currency === hold.destinationCurrency ? [] : liquidity(hold.currency, hold.destinationCurrency));
     const legs = this.legs(hold.accountId, hold.destinationAccountId, hold.currency, captured, hold.destinationCurrency, destinationMinor, "capture");
-    await this.post(tx, `${hold.id}:capture`, "capture", fingerprint(["capture", hold.id, captured]), legs, { accountId: hold.accountId, amountMinor: hold.amountMinor });
+    await this.write(tx, { transferId: `${hold.id}:capture`, kind: "capture", hash: fingerprint(["capture", hold.id, captured]), legs, pending: { accountId: hold.accountId, amountMinor: -hold.amountMinor } });
     return this.resolve(tx, hold.id, "CAPTURED", captured, destinationMinor);
   }
 
@@ -360,31 +375,46 @@ export class Ledger {
   }
 
   /**
-   * Records the transfer with the entries of `legs` (one statement), then moves the running
-   * totals of every account touched (one statement), releasing `release` from a pending
-   * total. The caller has locked those accounts (lockAccounts).
+   * One statement: records a transfer with the entries of its legs (when it has an id) and
+   * moves the running totals of every account touched, `pending` adding to a pending total.
+   * With `place`, it first inserts that hold and writes the rest only when the hold is new;
+   * false when a hold with its id exists (nothing written). The caller has locked the accounts.
    */
-  private async post(tx: Queryable, transferId: string, kind: string, hash: string, legs: Leg[], release?: { accountId: string; amountMinor: bigint }): Promise<void> {
-    const entries = legs.flatMap((l) => [
+  private async write(tx: Queryable, posting: Posting, place?: { hold: Hold; hash: string }): Promise<boolean> {
+    const entries = posting.legs.flatMap((l) => [
       { account: l.from, direction: "DEBIT", leg: l },
       { account: l.to, direction: "CREDIT", leg: l },
     ]);
-    await tx.query(
-      `WITH transfer AS (INSERT INTO transfers (id, kind, request_hash, created_at) VALUES ($1, $2, $3, $4))
-       INSERT INTO entries (transfer_id, account_id, direction, currency, amount_minor, kind, created_at)
-       SELECT $1, e.account_id, e.direction, e.currency, e.amount_minor, e.kind, $4
-       FROM unnest($5::text[], $6::text[], $7::text[], $8::int8[], $9::text[]) WITH ORDINALITY AS e(account_id, direction, currency, amount_minor, kind, n)
-       ORDER BY e.n`,
-      [transferId, kind, hash, this.now(), entries.map((e) => e.account), entries.map((e) => e.direction), entries.map((e) => e.leg.currency), entries.map((e) => e.leg.amountMinor), entries.map((e) => e.leg.kind)],
-    );
     const totals = new Map<string, { posted: bigint; pending: bigint }>();
     const change = (id: string) => totals.get(id) ?? totals.set(id, { posted: 0n, pending: 0n }).get(id)!;
-    for (const leg of legs) {
+    for (const leg of posting.legs) {
       change(leg.from).posted -= leg.amountMinor;
       change(leg.to).posted += leg.amountMinor;
     }
-    if (release) change(release.accountId).pending -= release.amountMinor;
-    await applyTotals(tx, totals);
+    if (posting.pending) change(posting.pending.accountId).pending += posting.pending.amountMinor;
+    const ids = [...totals.keys()];
+    const h = place?.hold;
+    const { rowCount } = await tx.query(
+      `WITH ${h ? HOLD_INSERT : "hold AS (SELECT 1)"},
+       transfer AS (INSERT INTO transfers (id, kind, request_hash, created_at) SELECT $1, $2, $3, $4 FROM hold WHERE $1::text IS NOT NULL),
+       entries AS (
+         INSERT INTO entries (transfer_id, account_id, direction, currency, amount_minor, kind, created_at)
+         SELECT $1, e.account_id, e.direction, e.currency, e.amount_minor, e.kind, $4
+         FROM hold, unnest($5::text[], $6::text[], $7::text[], $8::int8[], $9::text[]) WITH ORDINALITY AS e(account_id, direction, currency, amount_minor, kind, n)
+         ORDER BY e.n),
+       totals AS (
+         UPDATE accounts a SET posted_minor = a.posted_minor + d.posted, pending_minor = a.pending_minor + d.pending
+         FROM hold, unnest($10::text[], $11::int8[], $12::int8[]) AS d(id, posted, pending) WHERE a.id = d.id)
+       SELECT 1 FROM hold`,
+      [
+        posting.transferId ?? null, posting.kind ?? null, posting.hash ?? null, this.now(),
+        entries.map((e) => e.account), entries.map((e) => e.direction), entries.map((e) => e.leg.currency), entries.map((e) => e.leg.amountMinor), entries.map((e) => e.leg.kind),
+        ids, ids.map((id) => totals.get(id)!.posted), ids.map((id) => totals.get(id)!.pending),
+        ...(h ? [h.id, h.accountId, h.destinationAccountId, h.currency, h.amountMinor, h.destinationCurrency, h.destinationMinor, h.fxRate, h.fxQuoteId,
+          h.status, h.capturedMinor, h.capturedDestinationMinor, place.hash, h.expiresAt, h.createdAt, h.resolvedAt] : []),
+      ],
+    );
+    return rowCount > 0;
   }
 
   /** True when transfer `id` exists for the same request (a retry); ID_REUSED when for another. */
@@ -473,16 +503,6 @@ const liquidity = (...currencies: string[]) => currencies.map((currency) => ({ k
 async function lockAccounts(tx: Queryable, ids: string[]): Promise<Map<string, Account>> {
   const { rows } = await tx.query<AccountRow>("SELECT * FROM accounts WHERE id = ANY($1::text[]) ORDER BY id FOR NO KEY UPDATE", [ids]);
   return new Map(rows.map((r) => [r.id, accountFromRow(r)]));
-}
-
-/** Adds to the running totals of locked accounts (the CHECKs on accounts still guard them). */
-async function applyTotals(tx: Queryable, totals: Map<string, { posted: bigint; pending: bigint }>): Promise<void> {
-  const ids = [...totals.keys()];
-  await tx.query(
-    `UPDATE accounts a SET posted_minor = a.posted_minor + d.posted, pending_minor = a.pending_minor + d.pending
-     FROM unnest($1::text[], $2::int8[], $3::int8[]) AS d(id, posted, pending) WHERE a.id = d.id`,
-    [ids, ids.map((id) => totals.get(id)!.posted), ids.map((id) => totals.get(id)!.pending)],
-  );
 }
 
 /** Serialises writes that share a caller id, so a concurrent retry sees the first one's result. */
