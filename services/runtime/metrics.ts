@@ -166,8 +166,7 @@ interface Measurement {
   finish(code: string): void;
 }
 
-async function* measuredStream<T>(messages: AsyncIterable<T>, m: Measurement, started: { value: boolean }, okCode: () => string): AsyncGenerator<T> {
-  started.value = true;
+async function* measuredStream<T>(messages: AsyncIterable<T>, m: Measurement, okCode: () => string): AsyncGenerator<T> {
   let code = "canceled"; // the consumer stopped early (client went away, or return() was called)
   try {
     yield* messages;
@@ -181,15 +180,21 @@ async function* measuredStream<T>(messages: AsyncIterable<T>, m: Measurement, st
 }
 
 /**
- * Wraps a call: runs `next`, finishes `m` when a unary call settles or a response stream
- * ends. A stream that is never read finishes when the call's signal aborts (connect aborts
- * it when the call is over).
+ * Wraps a call: runs `next`, finishes `m` when a unary call settles, or when a response
+ * stream ends, fails, or is left (return()), or when the call's signal aborts, whichever
+ * comes first. The signal matters for streams: a client that goes away mid-stream (resets
+ * the stream, closes the connection, aborts its own call) ends the call at once, with the
+ * abort's code (canceled, deadline_exceeded, unavailable at the shutdown cut-off), even when
+ * nothing reads the stream any more: a handler that waits on something else, a write that
+ * waits for a window the client will never open, a client that stops reading after its abort
+ * (connect's client never pulls from an aborted call again). Connect also aborts the signal
+ * routinely, but only after the interceptors saw the end of the call, so a call that ended
+ * on its own is not counted again.
  *
  * Server side (`server`): a handler that returns normally although its call's signal had
  * already aborted (the client went away, the deadline passed, the server cut it off) counts
  * with the abort's code, e.g. canceled or deadline_exceeded, not ok: the client did not get
- * that answer. (Connect aborts the signal routinely too, but only after the interceptors saw
- * the end of the call.)
+ * that answer.
  */
 async function measure<R extends { stream: boolean; message: unknown }>(
   signal: AbortSignal,
@@ -209,13 +214,16 @@ async function measure<R extends { stream: boolean; message: unknown }>(
     m.finish(okCode());
     return res;
   }
-  const started = { value: false };
-  const onAbort = () => {
-    if (!started.value) m.finish(codeOfError(signal.reason));
+  const onAbort = () => ended.finish(codeOfError(signal.reason));
+  const ended: Measurement = {
+    finish(code) {
+      signal.removeEventListener("abort", onAbort);
+      m.finish(code);
+    },
   };
-  signal.addEventListener("abort", onAbort, { once: true });
-  const wrapped = measuredStream((res as unknown as StreamResponse).message as AsyncIterable<unknown>, m, started, okCode);
-  return { ...res, message: wrapped };
+  if (signal.aborted) onAbort();
+  else signal.addEventListener("abort", onAbort, { once: true });
+  return { ...res, message: measuredStream((res as unknown as StreamResponse).message as AsyncIterable<unknown>, ended, okCode) };
 }
 
 /**

@@ -154,6 +154,8 @@ const CODE_NAMES = new Set([
 //   GATE          one message, then waits for the test's gate, two more, ends
 //   FAIL          one message, then UNAVAILABLE
 //   HOLD          one message, then waits for its signal, then returns normally
+//   DEAF          one message, then waits for the test's deaf gate, ignoring its signal
+//                 (a handler stuck on something else), then one more message
 // ---------------------------------------------------------------------------------------
 
 class Gate {
@@ -162,7 +164,7 @@ class Gate {
   release = () => this.open();
 }
 
-function testRoutes(gates: { stream: Gate }, counts: { holdEnded: number }) {
+function testRoutes(gates: { stream: Gate; deaf: Gate }, counts: { signalStarted: number; holdEnded: number; deafResumed: number; deafEnded: number }) {
   const rate = (base: string, quote: string) => ({ rate: { baseCurrency: base, quoteCurrency: quote, midRate: "1.25" } });
   const untilAborted = (ctx: HandlerContext) =>
     new Promise<void>((resolve) => (ctx.signal.aborted ? resolve() : ctx.signal.addEventListener("abort", () => resolve(), { once: true })));
@@ -181,6 +183,7 @@ function testRoutes(gates: { stream: Gate }, counts: { holdEnded: number }) {
             await sleep(Number(arg));
             return rate(req.baseCurrency, req.quoteCurrency);
           case "SIGNAL":
+            counts.signalStarted++;
             await untilAborted(ctx);
             throw ctx.signal.reason;
           default:
@@ -202,6 +205,15 @@ function testRoutes(gates: { stream: Gate }, counts: { holdEnded: number }) {
             await untilAborted(ctx);
             counts.holdEnded++;
             return;
+          case "DEAF":
+            try {
+              await gates.deaf.opened;
+              counts.deafResumed++;
+              yield msg;
+              return;
+            } finally {
+              counts.deafEnded++;
+            }
           default:
             throw new ConnectError("unknown mode", Code.InvalidArgument);
         }
@@ -211,8 +223,8 @@ function testRoutes(gates: { stream: Gate }, counts: { holdEnded: number }) {
 
 const servers: RunningServer[] = [];
 const grpcClients: grpc.Client[] = [];
-const gates = { stream: new Gate() };
-const counts = { holdEnded: 0 };
+const gates = { stream: new Gate(), deaf: new Gate() };
+const counts = { signalStarted: 0, holdEnded: 0, deafResumed: 0, deafEnded: 0 };
 
 async function start(opts: Partial<ServerOptions> = {}, spec: Partial<ServiceSpec> = {}): Promise<RunningServer> {
   const server = await startServer(
@@ -231,6 +243,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   gates.stream.release();
+  gates.deaf.release();
   for (const c of grpcClients) c.close();
   await Promise.all(servers.map((s) => s.shutdown()));
 });
@@ -472,12 +485,53 @@ describe("RPC server metrics", () => {
     expect(d("rpc_server_requests_total", { rpc_service: FX, rpc_method: "StreamRates", protocol: "grpc", code: "canceled" })).toBe(1);
     expect(d("rpc_server_requests_total", { rpc_service: FX, rpc_method: "StreamRates", protocol: "grpc", code: "ok" })).toBe(0);
   });
+
+  it("count a stream the client abandons mid-stream as canceled when it aborts, even while its handler ignores the signal", async () => {
+    const streams = { rpc_service: FX, rpc_method: "StreamRates" };
+    const inFlight = (e: Exposition) => value(e, "rpc_server_requests_in_flight", streams);
+    const before = await scrapeWhen((e) => inFlight(e) === 0, "no stream in flight before the test");
+    /** StreamRates calls over `protocol` counted since `before`, by code (every code, so a second count under any code shows). */
+    const byCode = (e: Exposition, protocol: string) =>
+      Object.fromEntries(
+        e.samples
+          .filter((s) => s.name === "rpc_server_requests_total" && s.labels.rpc_method === "StreamRates" && s.labels.protocol === protocol)
+          .map((s) => [s.labels.code!, s.value - value(before, "rpc_server_requests_total", s.labels)])
+          .filter(([, n]) => n !== 0),
+      );
+    const { deafResumed, deafEnded } = counts;
+    // Over gRPC (HTTP/2: the client resets the stream) and Connect (HTTP/1.1: the client
+    // closes the connection), each after reading one message.
+    const open = async (kind: "grpc" | "connect-binary") => {
+      const ac = new AbortController();
+      const it = fxOver(kind).streamRates({ baseCurrency: "DEAF" }, { signal: ac.signal })[Symbol.asyncIterator]();
+      expect((await it.next()).done).toBe(false);
+      return ac;
+    };
+    const calls = [await open("grpc"), await open("connect-binary")];
+    expect(inFlight(await scrape(server.adminUrl))).toBe(2);
+    for (const ac of calls) ac.abort();
+    // Counted when the call is aborted, while both handlers are still stuck.
+    const after = await scrapeWhen((e) => inFlight(e) === 0, "the abandoned streams to leave in-flight");
+    expect(counts.deafResumed).toBe(deafResumed);
+    expect({ grpc: byCode(after, "grpc"), connect: byCode(after, "connect") }).toEqual({ grpc: { canceled: 1 }, connect: { canceled: 1 } });
+    expect(delta(before, after)("rpc_server_request_duration_seconds_count", { ...streams, protocol: "grpc" })).toBe(1);
+    expect(delta(before, after)("rpc_server_request_duration_seconds_count", { ...streams, protocol: "connect" })).toBe(1);
+    // The handlers go on and end later (their next write fails): the calls are not counted again.
+    gates.deaf.release();
+    await waitFor(() => counts.deafEnded === deafEnded + 2, "the abandoned handlers to end");
+    const later = await scrape(server.adminUrl);
+    expect(inFlight(later)).toBe(0);
+    expect({ grpc: byCode(later, "grpc"), connect: byCode(later, "connect") }).toEqual({ grpc: { canceled: 1 }, connect: { canceled: 1 } });
+    expect(delta(before, later)("rpc_server_request_duration_seconds_count", { ...streams, protocol: "grpc" })).toBe(1);
+    expect(delta(before, later)("rpc_server_request_duration_seconds_count", { ...streams, protocol: "connect" })).toBe(1);
+  });
 });
 
 describe("RPC client metrics (upstreamTransport)", () => {
   it("count outgoing calls by service, method and code, and time them", async () => {
     const fx = upstreamClient(FxService, upstreamTransport(server.url));
     const before = await scrape(server.adminUrl);
+    const { signalStarted } = counts;
     await fx.getRate({ baseCurrency: "OK" });
     await fx.getRate({ baseCurrency: "OK" });
     expect(codeOf(await rejectionOf(fx.getRate({ baseCurrency: "BAD" })))).toBe(Code.InvalidArgument);
@@ -499,11 +553,48 @@ describe("RPC client metrics (upstreamTransport)", () => {
     expect(d("rpc_client_request_duration_seconds_count", { rpc_service: FX, rpc_method: "GetRate" })).toBe(4);
     expect(d("rpc_client_request_duration_seconds_sum", { rpc_service: FX, rpc_method: "GetRate" })).toBeGreaterThanOrEqual(0.14);
     expect(d("rpc_client_request_duration_seconds_count", { rpc_service: FX, rpc_method: "StreamRates" })).toBe(1);
-    // The server saw the same calls over gRPC. The deadline one ends there as deadline_exceeded,
-    // or as canceled when the client's own timer wins the race and resets the stream first.
-    const served = (code: string) => d("rpc_server_requests_total", { rpc_service: FX, rpc_method: "GetRate", protocol: "grpc", code });
-    expect(served("deadline_exceeded") + served("canceled")).toBe(1);
-    expect(d("rpc_server_requests_total", { rpc_service: FX, rpc_method: "GetRate", protocol: "grpc", code: "ok" })).toBe(2);
+    // The server saw the same calls (over whichever protocol upstreamTransport speaks). The
+    // deadline one ends there as deadline_exceeded when the server's own timer fires first, or,
+    // when the client's timer wins and resets the HTTP/2 stream first, as canceled or as internal
+    // (connect-node's client resets with INTERNAL_ERROR unless the reason is Canceled, and the
+    // server's signal aborts with that code). It does not reach the server's interceptors at all
+    // when the reset comes before the server has read the request: connect reads a unary
+    // request's message before any interceptor runs. Client and server share this process's
+    // event loop, and on a loaded machine a stall past the 150 ms makes the client's timer win.
+    const served = (code: string) =>
+      after.samples
+        .filter((s) => s.name === "rpc_server_requests_total" && s.labels.rpc_method === "GetRate" && s.labels.code === code)
+        .reduce((n, s) => n + s.value - value(before, s.name, s.labels), 0);
+    const reached = counts.signalStarted - signalStarted;
+    expect(reached).toBeLessThanOrEqual(1);
+    expect(served("deadline_exceeded") + served("canceled") + served("internal")).toBe(reached);
+    expect(served("ok")).toBe(2);
+    expect(served("invalid_argument")).toBe(1);
+  });
+
+  it("count an outgoing stream the caller abandons mid-stream as canceled, when it aborts", async () => {
+    const fx = upstreamClient(FxService, upstreamTransport(server.url));
+    const labels = { rpc_service: FX, rpc_method: "StreamRates" };
+    const serverInFlight = (e: Exposition) => value(e, "rpc_server_requests_in_flight", labels);
+    const before = await scrapeWhen((e) => serverInFlight(e) === 0, "no stream in flight before the test");
+    const ac = new AbortController();
+    const it = fx.streamRates({ baseCurrency: "HOLD" }, { signal: ac.signal })[Symbol.asyncIterator]();
+    expect((await it.next()).done).toBe(false);
+    // The caller aborts and never reads again (connect's client would not pull from the call anyway).
+    ac.abort();
+    const after = await scrapeWhen(
+      (e) => delta(before, e)("rpc_client_request_duration_seconds_count", labels) === 1 && serverInFlight(e) === 0,
+      "the abandoned stream to be counted on both sides",
+    );
+    const d = delta(before, after);
+    // The server's count, over whichever protocol upstreamTransport speaks.
+    const servedCanceled = (e: Exposition) =>
+      e.samples.filter((s) => s.name === "rpc_server_requests_total" && s.labels.rpc_method === "StreamRates" && s.labels.code === "canceled").reduce((n, s) => n + s.value, 0);
+    expect({
+      canceled: d("rpc_client_requests_total", { ...labels, code: "canceled" }),
+      ok: d("rpc_client_requests_total", { ...labels, code: "ok" }),
+      served: servedCanceled(after) - servedCanceled(before),
+    }).toEqual({ canceled: 1, ok: 0, served: 1 });
   });
 });
 
