@@ -81,7 +81,11 @@ export async function startServer(spec: ServiceSpec, opts: ServerOptions): Promi
   // Aborted only when in-flight calls overrun the shutdown bound: cuts them off.
   const hardStop = new AbortController();
   const health = new HealthStatus();
-  // Every call and stream listens on these two: many at once is normal, not a leak.
+  // Many abort listeners at once on these two are normal, not a leak, so Node must not warn
+  // (MaxListenersExceededWarning, past 10 by default): connect links every call's handler
+  // context to hardStop (shutdownSignal below: one listener per call in flight, removed when
+  // the call ends), cutOffAt adds one per unary call, and long streams (fx's rate ticks)
+  // listen on draining. tests/wire/shutdown.wire.test.ts checks that none outlives its call.
   setMaxListeners(0, draining.signal, hardStop.signal);
 
   const metrics = opts.metrics !== false;

@@ -343,6 +343,97 @@ describe("graceful shutdown", () => {
 
 // ---------------------------------------------------------------------------------------
 
+/**
+ * Tracks the abort listeners of every AbortSignal from now until the test ends (by wrapping
+ * EventTarget's addEventListener / removeEventListener): how many each signal holds now and
+ * the most it held at once. Listeners an aborted signal dropped by itself are not seen, so
+ * only signals that are still live (not aborted) count as holding listeners.
+ */
+function trackAbortListeners() {
+  const live = new Map<AbortSignal, Set<unknown>>();
+  const peak = new Map<AbortSignal, number>();
+  const proto = EventTarget.prototype;
+  const { addEventListener: add, removeEventListener: remove } = proto;
+  proto.addEventListener = function (this: EventTarget, ...args: Parameters<EventTarget["addEventListener"]>) {
+    const [type, listener] = args;
+    if (type === "abort" && this instanceof AbortSignal && listener && !this.aborted) {
+      let set = live.get(this);
+      if (!set) live.set(this, (set = new Set()));
+      set.add(listener);
+      peak.set(this, Math.max(peak.get(this) ?? 0, set.size));
+    }
+    return add.apply(this, args);
+  };
+  proto.removeEventListener = function (this: EventTarget, ...args: Parameters<EventTarget["removeEventListener"]>) {
+    const [type, listener] = args;
+    if (type === "abort" && this instanceof AbortSignal) live.get(this)?.delete(listener);
+    return remove.apply(this, args);
+  };
+  onTestFinished(() => {
+    proto.addEventListener = add;
+    proto.removeEventListener = remove;
+  });
+  return {
+    /** Live signals holding abort listeners now, with how many. */
+    held: () => new Map([...live].filter(([signal, set]) => !signal.aborted && set.size > 0).map(([signal, set]) => [signal, set.size])),
+    /** The signal that held the most listeners at once, and how many. */
+    busiest: () => [...peak].reduce<[AbortSignal | undefined, number]>((best, [signal, n]) => (n > best[1] ? [signal, n] : best), [undefined, 0]),
+  };
+}
+
+describe("abort listeners", () => {
+  // connect links every call's handler context to the server's shutdown signal (one listener
+  // per call in flight, removed when the call ends), and cutOffAt adds one per unary call:
+  // under load one signal holds many listeners at once, which is normal. Node warns
+  // (MaxListenersExceededWarning) past 10 unless told otherwise, and a listener that outlives
+  // its call would be a real leak.
+  it("50 concurrent calls: no MaxListenersExceededWarning, and no listener outlives its call", async () => {
+    const warnings: string[] = [];
+    const onWarning = (w: Error) => void (w.name === "MaxListenersExceededWarning" && warnings.push(w.message));
+    process.on("warning", onWarning);
+    onTestFinished(() => void process.off("warning", onWarning));
+    const listeners = trackAbortListeners();
+    const { server, behaviour } = await start();
+    const h2 = grpcFx(server.url);
+    const h1 = connectH1Fx(server.url);
+    await h2.getRate({ baseCurrency: "FAST" });
+    await h1.getRate({ baseCurrency: "FAST" });
+    const before = listeners.held();
+    /** Live signals holding more listeners than before the calls (a leak once the calls are over). */
+    const grown = () => [...listeners.held()].filter(([signal, n]) => n > (before.get(signal) ?? 0)).map(([, n]) => n);
+
+    // 50 calls in flight at once, half over HTTP/2 (gRPC), half over HTTP/1.1 (Connect).
+    const N = 50;
+    const calls = Array.from({ length: N }, (_, i) => (i % 2 === 0 ? h2 : h1).getRate({ baseCurrency: "GATE" }));
+    await waitFor(() => behaviour.started("GATE").length === N, "all calls to reach the handler", 20_000);
+    const [, most] = listeners.busiest();
+    expect(most, "one signal (the shutdown signal) has a listener per call in flight").toBeGreaterThanOrEqual(N);
+    behaviour.release();
+    await within(Promise.all(calls), 20_000, "the calls to finish");
+    await waitFor(() => grown().length === 0, "the calls' listeners to be removed", 5_000).catch(() => {
+      throw new Error(`listeners left behind after the calls ended: ${JSON.stringify(grown())}`);
+    });
+
+    // Calls that end otherwise: failing, cancelled by the client, past their deadline.
+    const ended = await Promise.allSettled([
+      ...Array.from({ length: 10 }, () => h2.getRate({ baseCurrency: "NO_SUCH_MODE" })),
+      ...Array.from({ length: 10 }, (_, i) => {
+        const ac = new AbortController();
+        setTimeout(() => ac.abort(), 50);
+        return (i % 2 === 0 ? h2 : h1).getRate({ baseCurrency: "SIGNAL" }, { signal: ac.signal });
+      }),
+      ...Array.from({ length: 10 }, (_, i) => (i % 2 === 0 ? h2 : h1).getRate({ baseCurrency: "SLEEP:300" }, { timeoutMs: 50 })),
+    ]);
+    expect(ended.every((r) => r.status === "rejected")).toBe(true);
+    await waitFor(() => behaviour.calls.every((c) => c.done) && grown().length === 0, "the ended calls' listeners to be removed", 10_000).catch(() => {
+      throw new Error(`listeners left behind after the calls ended: ${JSON.stringify(grown())}`);
+    });
+    expect(warnings).toEqual([]);
+  });
+});
+
+// ---------------------------------------------------------------------------------------
+
 describe("deadlines", () => {
   /**
    * Calls a 1 s handler with a 100 ms budget until one attempt reaches the handler (on a
