@@ -1,0 +1,195 @@
+// The payments store: state changes at the version read (a stale copy changes nothing),
+// several steps in one write with one event each, the lease dropped when a payment leaves the
+// states the recovery sweep resumes, and — on PostgreSQL, where replicas really run at once —
+// several payments replicas sweeping one database never taking the same payment.
+import { fileURLToPath } from "node:url";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { fromBinary } from "@bufbuild/protobuf";
+import { PaymentSchema, PaymentStatus } from "../../services/gen/paygate/payments/v1/payments_pb.js";
+import { DomainError } from "../../services/runtime/errors.js";
+import type { Database } from "../../services/runtime/db.js";
+import { migrate } from "../../services/runtime/migrate.js";
+import type { PaymentRecord } from "../../services/payments/payment.js";
+import { PaymentStore } from "../../services/payments/store.js";
+import { storageBackends, testDatabases } from "../support/postgres.js";
+
+const MIGRATIONS = fileURLToPath(new URL("../../services/payments/migrations", import.meta.url));
+const LEASE_MS = 60_000;
+let seq = 0;
+
+function payment(over: Partial<PaymentRecord> = {}): PaymentRecord {
+  const now = new Date();
+  return {
+    id: `pay_store_${process.pid}_${++seq}`,
+    merchantId: "m_store",
+    merchantReference: "",
+    sourceAccountId: "src",
+    destinationAccountId: "dst",
+    currency: "USD",
+    amountMinor: 1_00n,
+    settlementCurrency: "USD",
+    settlementMinor: 1_00n,
+    fxRate: null,
+    fxQuoteId: null,
+    captureMethod: "AUTOMATIC",
+    status: "PENDING",
+    capturedMinor: 0n,
+    settlementCapturedMinor: 0n,
+    refundedMinor: 0n,
+    settlementRefundedMinor: 0n,
+    failureReason: "",
+    failureMessage: "",
+    riskDecisionId: "",
+    riskScore: 0,
+    metadata: {},
+    version: 0n,
+    createdAt: now,
+    updatedAt: now,
+    ...over,
+  };
+}
+
+async function rejection(p: Promise<unknown>): Promise<DomainError> {
+  const err = await p.then(
+    () => undefined,
+    (e: unknown) => e,
+  );
+  expect(err).toBeInstanceOf(DomainError);
+  return err as DomainError;
+}
+
+describe.each(storageBackends())("payments store on $name", (backend) => {
+  const dbs = testDatabases(backend, "paystore");
+  let db: Database;
+  let store: PaymentStore;
+
+  beforeAll(async () => {
+    db = await dbs.open(dbs.newSchema());
+    await migrate(db, MIGRATIONS);
+    store = new PaymentStore(db, () => new Date(), () => {});
+  });
+  afterAll(() => dbs.cleanup());
+
+  const events = async (id: string) =>
+    (await db.query<{ type: string; payment: Uint8Array }>("SELECT type, payment FROM payment_events WHERE payment_id = $1 ORDER BY seq", [id])).rows.map((r) => ({
+      type: r.type,
+      status: PaymentStatus[fromBinary(PaymentSchema, r.payment).status],
+    }));
+  const lease = async (id: string) => (await db.query<{ lease_owner: string | null }>("SELECT lease_owner FROM payments WHERE id = $1", [id])).rows[0]?.lease_owner;
+
+  it("creates a payment once per id, with its created event", async () => {
+    const p = payment();
+    expect(await store.create(p, "me", LEASE_MS)).toEqual(p);
+    expect(await store.create({ ...p, amountMinor: 5_00n }, "other", LEASE_MS)).toBeUndefined();
+    expect((await store.get(p.id)).amountMinor).toBe(1_00n);
+    expect(await events(p.id)).toEqual([{ type: "payment.created", status: "PENDING" }]);
+  });
+
+  it("moves along a path of legal steps in one write: one event per step, each with its own snapshot, and the lease dropped", async () => {
+    const p = (await store.create(payment(), "me", LEASE_MS))!;
+    const moved = await store.transition(p, [
+      { to: "AUTHORIZED", event: "payment.authorized", patch: { riskDecisionId: "rd_1", riskScore: 7 } },
+      { to: "CAPTURED", event: "payment.captured", patch: { capturedMinor: 1_00n, settlementCapturedMinor: 1_00n } },
+    ]);
+    expect(moved).toMatchObject({ status: "CAPTURED", riskDecisionId: "rd_1", capturedMinor: 1_00n, version: 1n });
+    expect(await store.get(p.id)).toEqual(moved);
+    expect(await events(p.id)).toEqual([
+      { type: "payment.created", status: "PENDING" },
+      { type: "payment.authorized", status: "AUTHORIZED" },
+      { type: "payment.captured", status: "CAPTURED" },
+    ]);
+    expect(await lease(p.id)).toBeNull();
+  });
+
+  it("leaving the states the sweep resumes drops the lease: a manual payment once authorized; an automatic one authorized keeps it", async () => {
+    const p = (await store.create(payment({ captureMethod: "MANUAL" }), "me", LEASE_MS))!;
+    await store.transition(p, { to: "AUTHORIZED", event: "payment.authorized" });
+    expect(await lease(p.id)).toBeNull();
+    const auto = (await store.create(payment(), "me", LEASE_MS))!;
+    await store.transition(auto, { to: "AUTHORIZED", event: "payment.authorized" });
+    expect(await lease(auto.id)).toBe("me");
+  });
+
+  it("a write from a stale copy changes nothing: ABORTED CONCURRENT_UPDATE while the state still allows the step, ILLEGAL_TRANSITION once it does not", async () => {
+    const p = (await store.create(payment({ captureMethod: "MANUAL" }), "me", LEASE_MS))!;
+    const patched = await store.patch(p, { riskDecisionId: "rd_2", riskScore: 3 });
+    expect(patched.version).toBe(1n);
+    const stale = await rejection(store.transition(p, { to: "AUTHORIZED", event: "payment.authorized" }));
+    expect([stale.kind, stale.reason]).toEqual(["aborted", "CONCURRENT_UPDATE"]);
+    expect((await rejection(store.patch(p, { riskScore: 9 }))).reason).toBe("CONCURRENT_UPDATE");
+    const authorized = await store.transition(patched, { to: "AUTHORIZED", event: "payment.authorized" });
+    const late = await rejection(store.transition(patched, { to: "AUTHORIZED", event: "payment.authorized" }));
+    expect([late.kind, late.reason, late.metadata]).toEqual(["failed_precondition", "ILLEGAL_TRANSITION", { status: "AUTHORIZED" }]);
+    expect(await store.get(p.id)).toEqual(authorized);
+    expect((await events(p.id)).map((e) => e.type)).toEqual(["payment.created", "payment.authorized"]);
+  });
+
+  it("refuses an illegal path before writing anything, and a missing payment is NOT_FOUND", async () => {
+    const p = (await store.create(payment(), "me", LEASE_MS))!;
+    const illegal = await rejection(store.transition(p, { to: "REFUNDED", event: "payment.refunded" }));
+    expect([illegal.kind, illegal.reason]).toEqual(["failed_precondition", "ILLEGAL_TRANSITION"]);
+    expect(await store.get(p.id)).toEqual(p);
+    const missing = await rejection(store.transition(payment(), { to: "FAILED", event: "payment.failed" }));
+    expect([missing.kind, missing.reason]).toEqual(["not_found", "PAYMENT_NOT_FOUND"]);
+  });
+
+  it("runs `also` in the same transaction: when it throws, the step and its event are rolled back", async () => {
+    const p = (await store.create(payment(), "me", LEASE_MS))!;
+    const boom = new Error("boom");
+    await expect(store.transition(p, { to: "FAILED", event: "payment.failed" }, async () => Promise.reject(boom))).rejects.toBe(boom);
+    expect(await store.get(p.id)).toEqual(p);
+    expect((await events(p.id)).map((e) => e.type)).toEqual(["payment.created"]);
+  });
+});
+
+describe.each(storageBackends().filter((b) => b.url !== undefined))("payments replicas sweeping one database on $name", (backend) => {
+  const dbs = testDatabases(backend, "paysweep");
+  const replicas: PaymentStore[] = [];
+  let db: Database;
+
+  beforeAll(async () => {
+    const schema = dbs.newSchema();
+    db = await dbs.open(schema);
+    await migrate(db, MIGRATIONS);
+    // Each replica has its own pool, as separate processes would.
+    for (let i = 0; i < 4; i++) replicas.push(new PaymentStore(await dbs.open(schema), () => new Date(), () => {}));
+  });
+  afterAll(() => dbs.cleanup());
+
+  it("four replicas claiming stalled payments at once take each exactly once; live leases, manual authorizations and finished payments are left alone", async () => {
+    const stalled: string[] = [];
+    // Stalled: created by a process whose lease has run out.
+    for (let i = 0; i < 60; i++) stalled.push((await replicas[0]!.create(payment(), "dead", -1))!.id);
+    const authorizedAuto = (await replicas[0]!.create(payment(), "dead", -1))!;
+    stalled.push((await replicas[0]!.transition(authorizedAuto, { to: "AUTHORIZED", event: "payment.authorized" })).id);
+    const live = (await replicas[0]!.create(payment(), "alive", LEASE_MS))!.id;
+    const manual = (await replicas[0]!.create(payment({ captureMethod: "MANUAL" }), "dead", -1))!;
+    await replicas[0]!.transition(manual, { to: "AUTHORIZED", event: "payment.authorized" });
+    const done = (await replicas[0]!.create(payment(), "dead", -1))!;
+    await replicas[0]!.transition(done, { to: "FAILED", event: "payment.failed" });
+
+    const claimed = new Map<string, string[]>();
+    await Promise.all(
+      replicas.map(async (replica, i) => {
+        for (;;) {
+          const batch = await replica.claimStalled(`replica-${i}`, LEASE_MS, 3);
+          if (batch.length === 0) return;
+          for (const p of batch) claimed.set(p.id, [...(claimed.get(p.id) ?? []), `replica-${i}`]);
+        }
+      }),
+    );
+    const mine = [...claimed.keys()].filter((id) => stalled.includes(id) || [live, manual.id, done.id].includes(id));
+    expect(mine.sort()).toEqual([...stalled].sort());
+    expect(mine.filter((id) => claimed.get(id)!.length !== 1)).toEqual([]);
+    // More than one replica did the work (SKIP LOCKED let them share it).
+    expect(new Set(mine.map((id) => claimed.get(id)![0])).size).toBeGreaterThan(1);
+  });
+
+  it("of replicas claiming one payment at once, exactly one gets it", async () => {
+    for (let round = 0; round < 20; round++) {
+      const p = (await replicas[0]!.create(payment(), "dead", -1))!;
+      const won = await Promise.all(replicas.map((r, i) => r.claim(p.id, `replica-${i}`, LEASE_MS)));
+      expect(won.filter((x) => x !== undefined)).toHaveLength(1);
+    }
+  });
+});
