@@ -14,9 +14,10 @@
 // Traces: run() is a span "saga.run" (a child of the RPC that drives it, or the root of a
 // trace of its own when the recovery sweep resumes a payment), each step a child span:
 // saga.risk, saga.fx_quote, saga.fx_use, saga.wallet_reserve_capture (automatic capture),
-// saga.wallet_reserve, saga.wallet_capture, saga.wallet_release (manual capture). All carry paygate.payment_id, paygate.merchant_id and
-// paygate.currency (and paygate.settlement_currency when it differs), and so do the calls
-// and database transactions made inside them. Never card data, keys or secrets.
+// saga.wallet_reserve, saga.wallet_capture, saga.wallet_release (manual capture). All carry
+// paygate.payment_id, paygate.merchant_id and paygate.currency (and
+// paygate.settlement_currency when it differs), and so do the calls and database work done
+// inside them. Never card data, keys or secrets.
 import { Code, ConnectError, type CallOptions, type Client } from "@connectrpc/connect";
 import { ErrorDetailSchema } from "../gen/paygate/common/v1/common_pb.js";
 import type { FxService } from "../gen/paygate/fx/v1/fx_pb.js";
