@@ -142,7 +142,7 @@ export class Ledger {
 
   /** Money from outside Paygate into a user account (the world account is debited). */
   async credit(req: { transferId: string; accountId: string; currency: string; amountMinor: bigint }): Promise<Account> {
-    requireId(req.transferId, "transfer_id");
+    requireCallerTransferId(req.transferId);
     requirePositive(req.amountMinor, "amount");
     return this.db.transaction(async (tx) => {
       await lockKey(tx, `transfer:${req.transferId}`);
@@ -277,7 +277,7 @@ export class Ledger {
 
   /** Posts a movement at once (refunds), with the same no-overdraft rule as holds. */
   async transfer(req: { transferId: string; fromAccountId: string; toAccountId: string; currency: string; amountMinor: bigint; fx: FxTerms | undefined }): Promise<{ amountMinor: bigint; destinationCurrency: string; destinationMinor: bigint }> {
-    requireId(req.transferId, "transfer_id");
+    requireCallerTransferId(req.transferId);
     requirePositive(req.amountMinor, "amount");
     return this.db.transaction(async (tx) => {
       await lockKey(tx, `transfer:${req.transferId}`);
@@ -394,8 +394,7 @@ export class Ledger {
     if (posting.pending) change(posting.pending.accountId).pending += posting.pending.amountMinor;
     const ids = [...totals.keys()];
     const h = place?.hold;
-    const { rowCount } = await tx.query(
-      `WITH ${h ? HOLD_INSERT : "hold AS (SELECT 1)"},
+    const sql = `WITH ${h ? HOLD_INSERT : "hold AS (SELECT 1)"},
        transfer AS (INSERT INTO transfers (id, kind, request_hash, created_at) SELECT $1, $2, $3, $4 FROM hold WHERE $1::text IS NOT NULL),
        entries AS (
          INSERT INTO entries (transfer_id, account_id, direction, currency, amount_minor, kind, created_at)
@@ -405,15 +404,15 @@ export class Ledger {
        totals AS (
          UPDATE accounts a SET posted_minor = a.posted_minor + d.posted, pending_minor = a.pending_minor + d.pending
          FROM hold, unnest($10::text[], $11::int8[], $12::int8[]) AS d(id, posted, pending) WHERE a.id = d.id)
-       SELECT 1 FROM hold`,
-      [
-        posting.transferId ?? null, posting.kind ?? null, posting.hash ?? null, this.now(),
-        entries.map((e) => e.account), entries.map((e) => e.direction), entries.map((e) => e.leg.currency), entries.map((e) => e.leg.amountMinor), entries.map((e) => e.leg.kind),
-        ids, ids.map((id) => totals.get(id)!.posted), ids.map((id) => totals.get(id)!.pending),
-        ...(h ? [h.id, h.accountId, h.destinationAccountId, h.currency, h.amountMinor, h.destinationCurrency, h.destinationMinor, h.fxRate, h.fxQuoteId,
-          h.status, h.capturedMinor, h.capturedDestinationMinor, place.hash, h.expiresAt, h.createdAt, h.resolvedAt] : []),
-      ],
-    );
+       SELECT 1 FROM hold`;
+    const params = [
+      posting.transferId ?? null, posting.kind ?? null, posting.hash ?? null, this.now(),
+      entries.map((e) => e.account), entries.map((e) => e.direction), entries.map((e) => e.leg.currency), entries.map((e) => e.leg.amountMinor), entries.map((e) => e.leg.kind),
+      ids, ids.map((id) => totals.get(id)!.posted), ids.map((id) => totals.get(id)!.pending),
+      ...(h ? [h.id, h.accountId, h.destinationAccountId, h.currency, h.amountMinor, h.destinationCurrency, h.destinationMinor, h.fxRate, h.fxQuoteId,
+        h.status, h.capturedMinor, h.capturedDestinationMinor, place.hash, h.expiresAt, h.createdAt, h.resolvedAt] : []),
+    ];
+    const { rowCount } = await tx.query(sql, params).catch(refuseOutOfRange);
     return rowCount > 0;
   }
 
@@ -510,6 +509,12 @@ async function lockKey(tx: Queryable, key: string): Promise<void> {
   await tx.query("SELECT pg_advisory_xact_lock(hashtext($1))", [key]);
 }
 
+/** A caller's transfer id: present, and not one the ledger derives for itself (`<hold id>:capture`). */
+function requireCallerTransferId(id: string): void {
+  requireId(id, "transfer_id");
+  if (id.endsWith(":capture")) throw invalidArgument("RESERVED_ID", "transfer_id", `transfer_id: ids ending in ":capture" name the captures of holds`);
+}
+
 function requireId(id: string, field: string): void {
   if (id === "") throw invalidArgument("MISSING_FIELD", field, `${field} is required`);
 }
@@ -522,6 +527,12 @@ function requireCurrency(account: Account, currency: string, field: string): voi
   if (account.currency !== currency) {
     throw invalidArgument("CURRENCY_MISMATCH", field, `${field}: account ${account.id} holds ${account.currency}, not ${currency}`);
   }
+}
+
+/** A running total pushed past int64 (SQLSTATE 22003): the movement is refused (and rolled back). */
+function refuseOutOfRange(err: unknown): never {
+  if ((err as { code?: string }).code === "22003") throw failedPrecondition("BALANCE_OUT_OF_RANGE", "amount: the movement would take a balance past the largest amount an account can hold", "amount");
+  throw err;
 }
 
 function insufficientFunds(accountId: string, currency: string, wanted: bigint, available: bigint): DomainError {

@@ -222,7 +222,18 @@ describe.each(backends)("ledger on $name", (backend) => {
       await expectDomainError(ledger.credit({ ...base, currency: "EUR" }), "invalid_argument", "CURRENCY_MISMATCH", "amount.currency");
       await expectDomainError(ledger.credit({ ...base, accountId: "acc_missing" }), "not_found", "ACCOUNT_NOT_FOUND", "account_id");
       await expectDomainError(ledger.credit({ ...base, transferId: "" }), "invalid_argument", "MISSING_FIELD", "transfer_id");
+      // The ledger's own ids for captures cannot be taken by a caller (a later capture would collide).
+      await expectDomainError(ledger.credit({ ...base, transferId: "h_1:capture" }), "invalid_argument", "RESERVED_ID", "transfer_id");
       expect(await f.counts()).toEqual(before);
+    });
+
+    it("refuses a credit that would take a balance past int64, writing nothing", async () => {
+      // A currency no other test uses: its world account goes as far negative as this one goes up.
+      const full = await f.funded(9_223_372_036_854_775_000n, "MNT");
+      const before = await f.counts();
+      await expectDomainError(ledger.credit({ transferId: `cr_${uid()}`, accountId: full.id, currency: "MNT", amountMinor: 1_000n }), "failed_precondition", "BALANCE_OUT_OF_RANGE", "amount");
+      expect(await f.counts()).toEqual(before);
+      expect((await f.bal(full.id)).posted).toBe(9_223_372_036_854_775_000n);
     });
   });
 
@@ -621,6 +632,7 @@ describe.each(backends)("ledger on $name", (backend) => {
       expect(await ledger.transfer(refund)).toEqual({ amountMinor: 12_50n, destinationCurrency: "USD", destinationMinor: 12_50n });
       expect(await f.counts()).toEqual(before);
       await expectDomainError(ledger.transfer({ ...refund, amountMinor: 12_51n }), "already_exists", "ID_REUSED", "transfer_id");
+      await expectDomainError(ledger.transfer({ ...refund, transferId: `${uid()}:capture` }), "invalid_argument", "RESERVED_ID", "transfer_id");
       const tooMuch = { ...refund, transferId: `tr_${uid()}`, amountMinor: 7_51n };
       const err = await expectDomainError(ledger.transfer(tooMuch), "failed_precondition", "INSUFFICIENT_FUNDS", "amount");
       expect(err.metadata).toEqual({ available_minor: "750" });
