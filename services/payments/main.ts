@@ -56,7 +56,7 @@ export async function startPayments(env: NodeJS.ProcessEnv = process.env) {
     wallet: upstreamClient(WalletService, transports.wallet),
     risk: upstreamClient(RiskService, transports.risk),
   };
-  const accounts = new AccountDirectory(upstreams.wallet);
+  const accounts = new AccountDirectory(upstreams.wallet, config.UPSTREAM_TIMEOUT_MS);
   const saga = new Saga(store, upstreams, accounts, logger);
   const keys = new IdempotencyKeys(db, { retentionMs: config.PAYMENTS_IDEMPOTENCY_RETENTION_HOURS * 3_600_000, lockMs: config.PAYMENTS_LEASE_MS, now });
 
@@ -68,9 +68,14 @@ export async function startPayments(env: NodeJS.ProcessEnv = process.env) {
     void (async () => {
       try {
         for (const p of await store.claimStalled(instanceId, config.PAYMENTS_LEASE_MS, 20)) {
-          const done = await saga.run(p, { timeoutMs: config.UPSTREAM_TIMEOUT_MS });
-          if (resumable(done)) await store.releaseLease(p.id, instanceId);
-          logger.info({ paymentId: p.id, status: done.status }, "payment resumed");
+          // One payment that cannot go on now must not hold up the rest of the batch.
+          try {
+            const done = await saga.run(p, { timeoutMs: config.UPSTREAM_TIMEOUT_MS });
+            if (resumable(done)) await store.releaseLease(p.id, instanceId);
+            logger.info({ paymentId: p.id, status: done.status }, "payment resumed");
+          } catch (err) {
+            logger.error({ err, paymentId: p.id }, "payment could not be resumed");
+          }
         }
         await keys.purgeExpired();
       } catch (err) {

@@ -22,7 +22,7 @@ import { Code, ConnectError, type CallOptions, type Client } from "@connectrpc/c
 import { ErrorDetailSchema } from "../gen/paygate/common/v1/common_pb.js";
 import type { FxService } from "../gen/paygate/fx/v1/fx_pb.js";
 import { Outcome, type RiskService } from "../gen/paygate/risk/v1/risk_pb.js";
-import type { WalletService } from "../gen/paygate/wallet/v1/wallet_pb.js";
+import { HoldStatus, type WalletService } from "../gen/paygate/wallet/v1/wallet_pb.js";
 import { money } from "../runtime/money.js";
 import type { Logger } from "../runtime/logger.js";
 import { withAttributes, withSpan, type PaygateAttributes } from "../runtime/tracing.js";
@@ -54,6 +54,16 @@ export function paymentAttributes(p: PaymentRecord): PaygateAttributes {
     "paygate.currency": p.currency,
     ...(p.settlementCurrency !== p.currency ? { "paygate.settlement_currency": p.settlementCurrency } : {}),
   };
+}
+
+/** The step's result, or the upstream's permanent refusal (a transient failure is thrown: the saga pauses). */
+async function refusal<T extends object>(result: Promise<T>): Promise<T | { refused: ConnectError }> {
+  try {
+    return await result;
+  } catch (err) {
+    if (err instanceof ConnectError && !isTransient(err)) return { refused: err };
+    throw err;
+  }
 }
 
 /** Runs one saga step of `p` in a span `saga.<name>` carrying the payment's attributes. */
@@ -95,8 +105,8 @@ export class Saga {
   private async authorize(p: PaymentRecord, call: CallOptions): Promise<PaymentRecord> {
     let risk: PaymentPatch = {};
     if (p.riskDecisionId === "") {
-      const source = await this.accounts.get(p.sourceAccountId, call);
-      const { decision } = await step("risk", p, () =>
+      const source = await this.accounts.get(p.sourceAccountId, call.signal);
+      const scored = await refusal(step("risk", p, () =>
         this.up.risk.score(
           {
             paymentId: p.id,
@@ -109,7 +119,9 @@ export class Saga {
           },
           call,
         ),
-      );
+      ));
+      if ("refused" in scored) return this.refused(p, scored.refused, risk);
+      const { decision } = scored;
       risk = { riskDecisionId: decision!.id, riskScore: decision!.score };
       if (decision!.outcome === Outcome.DECLINE) {
         const reasons = decision!.reasons.filter((r) => !r.shadow).map((r) => r.code).join(", ");
@@ -120,37 +132,33 @@ export class Saga {
     let fx: { rate: string; quoteId: string; destinationAmount: ReturnType<typeof money> } | undefined;
     if (p.settlementCurrency !== p.currency) {
       if (p.fxQuoteId === null) {
-        const { quote } = await step("fx_quote", p, () => this.up.fx.createQuote({ source: { case: "amount", value: money(p.currency, p.amountMinor) }, toCurrency: p.settlementCurrency }, call));
+        const quoted = await refusal(step("fx_quote", p, () => this.up.fx.createQuote({ source: { case: "amount", value: money(p.currency, p.amountMinor) }, toCurrency: p.settlementCurrency }, call)));
+        if ("refused" in quoted) return this.refused(p, quoted.refused, risk);
+        const { quote } = quoted;
         // Kept before the hold is placed: a resumed saga must place it on the same terms.
         p = await this.store.patch(p, { ...risk, fxQuoteId: quote!.id, fxRate: quote!.rate, settlementMinor: quote!.converted!.amountMinor });
         risk = {};
       }
-      try {
-        // Uses the quote up, on behalf of this payment (the same payment may use it again).
-        await step("fx_use", p, () => this.up.fx.convert({ quoteId: p.fxQuoteId!, reference: p.id }, call));
-      } catch (err) {
-        if (err instanceof ConnectError && !isTransient(err)) return this.fail(p, reasonOf(err), err.rawMessage, risk);
-        throw err;
-      }
+      // Uses the quote up, on behalf of this payment (the same payment may use it again).
+      const used = await refusal(step("fx_use", p, () => this.up.fx.convert({ quoteId: p.fxQuoteId!, reference: p.id }, call)));
+      if ("refused" in used) return this.refused(p, used.refused, risk);
       fx = { rate: p.fxRate!, quoteId: p.fxQuoteId!, destinationAmount: money(p.settlementCurrency, p.settlementMinor!) };
     }
 
     const automatic = p.captureMethod === "AUTOMATIC";
-    let hold;
-    try {
-      ({ hold } = await step(automatic ? "wallet_reserve_capture" : "wallet_reserve", p, () =>
-        this.up.wallet.reserve(
-          { holdId: p.id, accountId: p.sourceAccountId, destinationAccountId: p.destinationAccountId, amount: money(p.currency, p.amountMinor), fx, capture: automatic },
-          call,
-        ),
-      ));
-    } catch (err) {
-      if (err instanceof ConnectError && !isTransient(err)) return this.fail(p, reasonOf(err), err.rawMessage, risk);
-      throw err;
-    }
+    const reserved = await refusal(step(automatic ? "wallet_reserve_capture" : "wallet_reserve", p, () =>
+      this.up.wallet.reserve(
+        { holdId: p.id, accountId: p.sourceAccountId, destinationAccountId: p.destinationAccountId, amount: money(p.currency, p.amountMinor), fx, capture: automatic },
+        call,
+      ),
+    ));
+    if ("refused" in reserved) return this.refused(p, reserved.refused, risk);
+    const { hold } = reserved;
     const authorized = { to: "AUTHORIZED" as const, event: "payment.authorized", patch: risk };
-    if (!automatic) return this.store.transition(p, authorized);
-    const captured = { capturedMinor: p.amountMinor, settlementCapturedMinor: hold!.capturedDestinationAmount?.amountMinor ?? 0n };
+    // Only a hold the wallet says it captured makes the payment CAPTURED; one left pending
+    // (a wallet that did not capture it) is captured by run() as a step of its own.
+    if (!automatic || hold?.status !== HoldStatus.CAPTURED) return this.store.transition(p, authorized);
+    const captured = { capturedMinor: p.amountMinor, settlementCapturedMinor: hold.capturedDestinationAmount!.amountMinor };
     return this.store.transition(p, [authorized, { to: "CAPTURED", event: "payment.captured", patch: captured }]);
   }
 
@@ -171,6 +179,11 @@ export class Saga {
     }
     const settlementCaptured = hold!.capturedDestinationAmount?.amountMinor ?? 0n;
     return this.store.transition(p, { to: "CAPTURED", event: "payment.captured", patch: { capturedMinor: captured, settlementCapturedMinor: settlementCaptured } });
+  }
+
+  /** Ends a payment FAILED for an upstream's permanent refusal, before any money moved. */
+  private refused(p: PaymentRecord, err: ConnectError, facts: PaymentPatch): Promise<PaymentRecord> {
+    return this.fail(p, reasonOf(err), err.rawMessage, facts);
   }
 
   /** Ends a payment FAILED before any hold was placed (nothing to undo), with the saga facts gathered so far. */

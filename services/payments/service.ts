@@ -68,7 +68,7 @@ export function paymentsService(deps: PaymentsDeps): ServiceImpl<typeof Payments
   async function account(id: string, field: string, ctx: HandlerContext) {
     if (id === "") throw invalidArgument("MISSING_FIELD", field, `${field} is required`);
     try {
-      return await deps.accounts.get(id, call(ctx));
+      return await deps.accounts.get(id, ctx.signal);
     } catch (err) {
       if (err instanceof ConnectError && err.code === Code.NotFound) throw notFound("ACCOUNT_NOT_FOUND", `${field}: no account ${JSON.stringify(id)}`, field);
       throw err;

@@ -41,6 +41,13 @@ const INT8_OID = 20;
 /** SQLSTATEs of a transaction aborted by a deadlock (40P01) or a serialization failure (40001). */
 const RETRYABLE = new Set(["40P01", "40001"]);
 const MAX_ATTEMPTS = 5;
+
+/**
+ * A prepared statement whose result type a schema change altered (another replica migrated:
+ * "cached plan must not change result type", 0A000) fails on its connection from then on.
+ * Such a connection is dropped and the work runs again on another.
+ */
+const isStalePlan = (err: unknown) => (err as { code?: string }).code === "0A000";
 /** DATA_DIR value that keeps an embedded database in memory only. */
 export const IN_MEMORY = "memory://";
 
@@ -173,9 +180,25 @@ async function openPostgres(url: string, schema: string, max: number): Promise<D
       const r = await client.query({ text: sql, values: params, name: params?.length ? statementName(sql) : undefined });
       return { rows: r.rows as T[], rowCount: r.rowCount ?? 0 };
     });
+  // Outside a transaction: one pooled connection per statement; a stale one is dropped (each
+  // attempt drops one, so a pool's worth of attempts always ends on a fresh connection).
+  const pooled = async <T>(sql: string, params?: unknown[]) => {
+    for (let attempt = 1; ; attempt++) {
+      const client = await pool.connect();
+      let drop: Error | undefined;
+      try {
+        return await query<T>(client, sql, params);
+      } catch (err) {
+        if (!isStalePlan(err) || attempt > max) throw err;
+        drop = err as Error;
+      } finally {
+        client.release(drop);
+      }
+    }
+  };
   return {
     backend: "postgres",
-    query: (sql, params) => traced("postgres", schema, "query", () => query(pool, sql, params)),
+    query: (sql, params) => traced("postgres", schema, "query", () => pooled(sql, params)),
     exec: async (sql) => void (await pool.query(sql)),
     transaction: (fn) =>
       traced("postgres", schema, "transaction", (span) =>
@@ -183,6 +206,7 @@ async function openPostgres(url: string, schema: string, max: number): Promise<D
           for (let attempt = 1; ; attempt++) {
             span?.setAttribute("paygate.db.attempts", attempt);
             const client = await pool.connect();
+            let drop: Error | undefined;
             try {
               await client.query("BEGIN");
               const result = await fn({ query: (sql, params) => query(client, sql, params), exec: async (sql) => void (await client.query(sql)) });
@@ -191,16 +215,17 @@ async function openPostgres(url: string, schema: string, max: number): Promise<D
               return result;
             } catch (err) {
               await client.query("ROLLBACK").catch(() => {});
-              // A deadlock or serialization failure aborts a transaction that did nothing wrong:
-              // run it again (all its effects were rolled back).
-              if (attempt < MAX_ATTEMPTS && RETRYABLE.has((err as { code?: string }).code ?? "")) {
+              if (isStalePlan(err)) drop = err as Error;
+              // A deadlock, a serialization failure or a stale statement aborts a transaction
+              // that did nothing wrong: run it again (all its effects were rolled back).
+              if (attempt < MAX_ATTEMPTS && (RETRYABLE.has((err as { code?: string }).code ?? "") || drop)) {
                 dbTransactions.inc({ outcome: "retry" });
                 continue;
               }
               dbTransactions.inc({ outcome: "rollback" });
               throw err;
             } finally {
-              client.release();
+              client.release(drop);
             }
           }
         }),
@@ -224,7 +249,9 @@ async function openPglite(dataDir: string, schema: string): Promise<Database> {
   const query = <T>(q: Pick<PGlite, "query">, sql: string, params?: unknown[]) =>
     timed("query", async () => {
       const r = await q.query<T>(sql, params);
-      return { rows: r.rows, rowCount: r.affectedRows ?? r.rows.length };
+      // As pg counts: the rows returned, else the rows affected (PGlite reports 0 affected
+      // for a WITH ... SELECT that returns rows).
+      return { rows: r.rows, rowCount: r.rows.length > 0 ? r.rows.length : (r.affectedRows ?? 0) };
     });
   return {
     backend: "pglite",

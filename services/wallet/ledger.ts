@@ -431,7 +431,8 @@ export class Ledger {
   private async lock(tx: Queryable, ids: string[], system: { kind: "LIQUIDITY" | "EXTERNAL"; currency: string }[] = []): Promise<Map<string, Account>> {
     const all = [...ids, ...system.map((a) => systemAccountId(a.kind, a.currency))];
     let locked = await lockAccounts(tx, all);
-    const missing = system.filter((a) => !locked.has(systemAccountId(a.kind, a.currency)));
+    // Created in id order too: two first uses of a currency pair from either side must not deadlock.
+    const missing = system.filter((a) => !locked.has(systemAccountId(a.kind, a.currency))).sort((a, b) => (systemAccountId(a.kind, a.currency) < systemAccountId(b.kind, b.currency) ? -1 : 1));
     if (missing.length === 0) return locked;
     for (const a of missing) {
       await tx.query(`INSERT INTO accounts (id, owner_id, currency, kind, created_at) VALUES ($1, 'paygate', $2, $3, $4) ON CONFLICT (id) DO NOTHING`, [

@@ -93,6 +93,45 @@ describe("embedded PGlite on disk", () => {
   });
 });
 
+describe.each(backends)("row counts on $name", (backend) => {
+  const dbs = testDatabases(backend, "dbcount");
+  afterAll(() => dbs.cleanup());
+
+  it("counts as pg does: rows returned, else rows affected (also for WITH ... SELECT)", async () => {
+    const db = await dbs.open(dbs.newSchema());
+    await db.exec("CREATE TABLE things (id int8 PRIMARY KEY)");
+    expect((await db.query("INSERT INTO things VALUES ($1), ($2)", [1n, 2n])).rowCount).toBe(2);
+    expect((await db.query("WITH added AS (INSERT INTO things VALUES ($1) RETURNING id) SELECT id FROM added", [3n])).rowCount).toBe(1);
+    expect((await db.query("WITH added AS (INSERT INTO things VALUES ($1) ON CONFLICT DO NOTHING RETURNING id) SELECT id FROM added", [3n])).rowCount).toBe(0);
+    expect((await db.query("UPDATE things SET id = id + 10 WHERE id < $1", [3n])).rowCount).toBe(2);
+  });
+});
+
+// PostgreSQL runs parameterised statements as prepared statements; when another replica's
+// migration changes a table's columns, a connection's prepared `SELECT *` would fail from then
+// on ("cached plan must not change result type"): that connection is dropped and the work runs again.
+describe.each(backends.filter((b) => b.url !== undefined))("prepared statements after a schema change on $name", (backend) => {
+  const dbs = testDatabases(backend, "dbstale");
+  afterAll(() => dbs.cleanup());
+
+  it("a statement prepared before a column was added still runs after it, alone and in a transaction", async () => {
+    const schema = dbs.newSchema();
+    const db = await dbs.open(schema);
+    const migrator = await dbs.open(schema);
+    await db.exec("CREATE TABLE widgets (id int8 PRIMARY KEY)");
+    await db.query("INSERT INTO widgets VALUES ($1)", [1n]);
+    const read = () => db.query<Record<string, unknown>>("SELECT * FROM widgets WHERE id = $1", [1n]);
+    const inTx = () => db.transaction((tx) => tx.query<Record<string, unknown>>("SELECT * FROM widgets WHERE id = $1", [1n]));
+    // Prepared on several of the pool's connections.
+    await Promise.all(Array.from({ length: 5 }, () => Promise.all([read(), inTx()])));
+    await migrator.exec("ALTER TABLE widgets ADD COLUMN label text NOT NULL DEFAULT 'new'");
+    for (let i = 0; i < 10; i++) {
+      expect((await read()).rows).toEqual([{ id: 1n, label: "new" }]);
+      expect((await inTx()).rows).toEqual([{ id: 1n, label: "new" }]);
+    }
+  });
+});
+
 // Replicas of a service start together and each opens (creates) the same schema.
 describe.each(backends.filter((b) => b.url !== undefined))("database on $name, opened by replicas at once", (backend) => {
   const dbs = testDatabases(backend, "dbopen");

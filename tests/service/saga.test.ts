@@ -1,0 +1,185 @@
+// The saga against scripted upstreams (risk, fx, wallet) and a real payments store: what it
+// makes of answers the real services rarely give — a wallet that leaves an automatic
+// payment's hold pending, a permanent refusal from risk or fx — and that nothing moves then.
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { fileURLToPath } from "node:url";
+import { create } from "@bufbuild/protobuf";
+import { timestampFromDate } from "@bufbuild/protobuf/wkt";
+import { Code, ConnectError, type Client } from "@connectrpc/connect";
+import type { FxService } from "../../services/gen/paygate/fx/v1/fx_pb.js";
+import { DecisionSchema, Outcome, type RiskService } from "../../services/gen/paygate/risk/v1/risk_pb.js";
+import { AccountSchema, HoldSchema, HoldStatus, type WalletService } from "../../services/gen/paygate/wallet/v1/wallet_pb.js";
+import { ErrorDetailSchema } from "../../services/gen/paygate/common/v1/common_pb.js";
+import { createLogger } from "../../services/runtime/logger.js";
+import { migrate } from "../../services/runtime/migrate.js";
+import { money } from "../../services/runtime/money.js";
+import { AccountDirectory } from "../../services/payments/accounts.js";
+import type { PaymentRecord } from "../../services/payments/payment.js";
+import { Saga } from "../../services/payments/saga.js";
+import { PaymentStore } from "../../services/payments/store.js";
+import type { Database } from "../../services/runtime/db.js";
+import { testDatabases } from "../support/postgres.js";
+
+const MIGRATIONS = fileURLToPath(new URL("../../services/payments/migrations", import.meta.url));
+const logger = createLogger("saga-test", "silent");
+
+/** What each scripted upstream method was asked. */
+const calls: string[] = [];
+let walletCaptures = true;
+let riskRefusal: ConnectError | undefined;
+let quoteRefusal: ConnectError | undefined;
+
+const refusal = (code: Code, reason: string, message: string) =>
+  new ConnectError(message, code, undefined, [{ desc: ErrorDetailSchema, value: create(ErrorDetailSchema, { reason }) }]);
+
+const hold = (status: HoldStatus, amountMinor: bigint) =>
+  create(HoldSchema, {
+    id: "h",
+    amount: money("USD", amountMinor),
+    status,
+    capturedAmount: status === HoldStatus.CAPTURED ? money("USD", amountMinor) : undefined,
+    capturedDestinationAmount: status === HoldStatus.CAPTURED ? money("USD", amountMinor) : undefined,
+  });
+
+const wallet = {
+  async getAccount(req: { accountId: string }) {
+    calls.push("wallet.getAccount");
+    return { account: create(AccountSchema, { id: req.accountId, ownerId: "m_saga", currency: "USD", createdAt: timestampFromDate(new Date(0)) }) };
+  },
+  async reserve(req: { capture: boolean; amount?: { amountMinor: bigint } }) {
+    calls.push(`wallet.reserve(capture=${req.capture})`);
+    // A wallet that ignores `capture` leaves the hold pending.
+    return { hold: hold(req.capture && walletCaptures ? HoldStatus.CAPTURED : HoldStatus.PENDING, req.amount!.amountMinor) };
+  },
+  async capture() {
+    calls.push("wallet.capture");
+    return { hold: hold(HoldStatus.CAPTURED, 1_00n) };
+  },
+  async release() {
+    calls.push("wallet.release");
+    return { hold: hold(HoldStatus.RELEASED, 1_00n) };
+  },
+} as unknown as Client<typeof WalletService>;
+
+const risk = {
+  async score() {
+    calls.push("risk.score");
+    if (riskRefusal) throw riskRefusal;
+    return { decision: create(DecisionSchema, { id: "rd_saga", score: 5, outcome: Outcome.APPROVE }) };
+  },
+} as unknown as Client<typeof RiskService>;
+
+const fx = {
+  async createQuote() {
+    calls.push("fx.createQuote");
+    if (quoteRefusal) throw quoteRefusal;
+    throw new Error("not scripted");
+  },
+} as unknown as Client<typeof FxService>;
+
+let seq = 0;
+function payment(over: Partial<PaymentRecord> = {}): PaymentRecord {
+  const now = new Date();
+  return {
+    id: `pay_saga_${++seq}`,
+    merchantId: "m_saga",
+    merchantReference: "",
+    sourceAccountId: "src",
+    destinationAccountId: "dst",
+    currency: "USD",
+    amountMinor: 1_00n,
+    settlementCurrency: "USD",
+    settlementMinor: 1_00n,
+    fxRate: null,
+    fxQuoteId: null,
+    captureMethod: "AUTOMATIC",
+    status: "PENDING",
+    capturedMinor: 0n,
+    settlementCapturedMinor: 0n,
+    refundedMinor: 0n,
+    settlementRefundedMinor: 0n,
+    failureReason: "",
+    failureMessage: "",
+    riskDecisionId: "",
+    riskScore: 0,
+    metadata: {},
+    version: 0n,
+    createdAt: now,
+    updatedAt: now,
+    ...over,
+  };
+}
+
+describe("saga against scripted upstreams", () => {
+  const dbs = testDatabases({ name: "pglite", url: undefined }, "saga");
+  let db: Database;
+  let store: PaymentStore;
+  let saga: Saga;
+
+  beforeAll(async () => {
+    db = await dbs.open(dbs.newSchema());
+    await migrate(db, MIGRATIONS);
+    store = new PaymentStore(db, () => new Date(), () => {});
+    saga = new Saga(store, { wallet, risk, fx }, new AccountDirectory(wallet, 1_000), logger);
+  });
+  afterAll(() => dbs.cleanup());
+
+  const start = async (over: Partial<PaymentRecord> = {}) => {
+    calls.length = 0;
+    return (await store.create(payment(over), "test", 60_000))!;
+  };
+  const events = async (id: string) => (await db.query<{ type: string }>("SELECT type FROM payment_events WHERE payment_id = $1 ORDER BY seq", [id])).rows.map((r) => r.type);
+
+  it("an automatic payment whose hold the wallet captured is CAPTURED in one write, with one wallet call", async () => {
+    walletCaptures = true;
+    const p = await saga.run(await start(), {});
+    expect(p).toMatchObject({ status: "CAPTURED", capturedMinor: 1_00n, settlementCapturedMinor: 1_00n, riskDecisionId: "rd_saga" });
+    expect(calls.filter((c) => c.startsWith("wallet.") && c !== "wallet.getAccount")).toEqual(["wallet.reserve(capture=true)"]);
+    expect(await events(p.id)).toEqual(["payment.created", "payment.authorized", "payment.captured"]);
+  });
+
+  it("an automatic payment whose hold the wallet left pending is not taken for captured: it is AUTHORIZED, then captured as a step of its own", async () => {
+    walletCaptures = false;
+    try {
+      const p = await saga.run(await start(), {});
+      expect(p).toMatchObject({ status: "CAPTURED", capturedMinor: 1_00n });
+      expect(calls.filter((c) => c.startsWith("wallet.") && c !== "wallet.getAccount")).toEqual(["wallet.reserve(capture=true)", "wallet.capture"]);
+      expect(await events(p.id)).toEqual(["payment.created", "payment.authorized", "payment.captured"]);
+    } finally {
+      walletCaptures = true;
+    }
+  });
+
+  it("a permanent refusal from risk ends the payment FAILED with its reason, and nothing reaches the wallet", async () => {
+    riskRefusal = refusal(Code.AlreadyExists, "PAYMENT_ALREADY_SCORED", "payment_id: already scored with different details");
+    try {
+      const p = await saga.run(await start(), {});
+      expect(p).toMatchObject({ status: "FAILED", failureReason: "PAYMENT_ALREADY_SCORED" });
+      expect(calls.some((c) => c.startsWith("wallet.reserve"))).toBe(false);
+    } finally {
+      riskRefusal = undefined;
+    }
+  });
+
+  it("a permanent refusal of the fx quote ends the payment FAILED with its reason and the risk decision kept", async () => {
+    quoteRefusal = refusal(Code.InvalidArgument, "UNSUPPORTED_CURRENCY", "to_currency: not quoted");
+    try {
+      const p = await saga.run(await start({ settlementCurrency: "EUR", settlementMinor: null }), {});
+      expect(p).toMatchObject({ status: "FAILED", failureReason: "UNSUPPORTED_CURRENCY", riskDecisionId: "rd_saga" });
+      expect(calls.some((c) => c.startsWith("wallet.reserve"))).toBe(false);
+    } finally {
+      quoteRefusal = undefined;
+    }
+  });
+
+  it("a transient failure leaves the payment PENDING for the recovery sweep", async () => {
+    riskRefusal = new ConnectError("risk is down", Code.Unavailable);
+    try {
+      const p = await saga.run(await start(), {});
+      expect(p.status).toBe("PENDING");
+      expect(await events(p.id)).toEqual(["payment.created"]);
+    } finally {
+      riskRefusal = undefined;
+    }
+  });
+});
