@@ -15,6 +15,7 @@ import { migrate } from "../../services/runtime/migrate.js";
 import { money } from "../../services/runtime/money.js";
 import { AccountDirectory } from "../../services/payments/accounts.js";
 import type { PaymentRecord } from "../../services/payments/payment.js";
+import { paymentRecord as payment } from "../support/payments.js";
 import { Saga } from "../../services/payments/saga.js";
 import { PaymentStore } from "../../services/payments/store.js";
 import type { Database } from "../../services/runtime/db.js";
@@ -44,7 +45,7 @@ const hold = (status: HoldStatus, amountMinor: bigint) =>
 const wallet = {
   async getAccount(req: { accountId: string }) {
     calls.push("wallet.getAccount");
-    return { account: create(AccountSchema, { id: req.accountId, ownerId: "m_saga", currency: "USD", createdAt: timestampFromDate(new Date(0)) }) };
+    return { account: create(AccountSchema, { id: req.accountId, ownerId: "m_test", currency: "USD", createdAt: timestampFromDate(new Date(0)) }) };
   },
   async reserve(req: { capture: boolean; amount?: { amountMinor: bigint } }) {
     calls.push(`wallet.reserve(capture=${req.capture})`);
@@ -76,39 +77,6 @@ const fx = {
     throw new Error("not scripted");
   },
 } as unknown as Client<typeof FxService>;
-
-let seq = 0;
-function payment(over: Partial<PaymentRecord> = {}): PaymentRecord {
-  const now = new Date();
-  return {
-    id: `pay_saga_${++seq}`,
-    merchantId: "m_saga",
-    merchantReference: "",
-    sourceAccountId: "src",
-    destinationAccountId: "dst",
-    currency: "USD",
-    amountMinor: 1_00n,
-    settlementCurrency: "USD",
-    settlementMinor: 1_00n,
-    fxRate: null,
-    fxQuoteId: null,
-    captureMethod: "AUTOMATIC",
-    status: "PENDING",
-    capturedMinor: 0n,
-    settlementCapturedMinor: 0n,
-    refundedMinor: 0n,
-    settlementRefundedMinor: 0n,
-    failureReason: "",
-    failureMessage: "",
-    riskDecisionId: "",
-    riskScore: 0,
-    metadata: {},
-    version: 0n,
-    createdAt: now,
-    updatedAt: now,
-    ...over,
-  };
-}
 
 describe("saga against scripted upstreams", () => {
   const dbs = testDatabases({ name: "pglite", url: undefined }, "saga");

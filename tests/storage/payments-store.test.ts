@@ -9,46 +9,12 @@ import { PaymentSchema, PaymentStatus } from "../../services/gen/paygate/payment
 import { DomainError } from "../../services/runtime/errors.js";
 import type { Database } from "../../services/runtime/db.js";
 import { migrate } from "../../services/runtime/migrate.js";
-import type { PaymentRecord } from "../../services/payments/payment.js";
+import { paymentRecord as payment } from "../support/payments.js";
 import { PaymentStore } from "../../services/payments/store.js";
 import { storageBackends, testDatabases } from "../support/postgres.js";
 
 const MIGRATIONS = fileURLToPath(new URL("../../services/payments/migrations", import.meta.url));
 const LEASE_MS = 60_000;
-let seq = 0;
-
-function payment(over: Partial<PaymentRecord> = {}): PaymentRecord {
-  const now = new Date();
-  return {
-    id: `pay_store_${process.pid}_${++seq}`,
-    merchantId: "m_store",
-    merchantReference: "",
-    sourceAccountId: "src",
-    destinationAccountId: "dst",
-    currency: "USD",
-    amountMinor: 1_00n,
-    settlementCurrency: "USD",
-    settlementMinor: 1_00n,
-    fxRate: null,
-    fxQuoteId: null,
-    captureMethod: "AUTOMATIC",
-    status: "PENDING",
-    capturedMinor: 0n,
-    settlementCapturedMinor: 0n,
-    refundedMinor: 0n,
-    settlementRefundedMinor: 0n,
-    failureReason: "",
-    failureMessage: "",
-    riskDecisionId: "",
-    riskScore: 0,
-    metadata: {},
-    version: 0n,
-    createdAt: now,
-    updatedAt: now,
-    ...over,
-  };
-}
-
 async function rejection(p: Promise<unknown>): Promise<DomainError> {
   const err = await p.then(
     () => undefined,
