@@ -176,7 +176,7 @@ export class Ledger {
     requirePositive(req.amountMinor, "amount");
     // Not the capture flag: a retry with it captures a hold placed without it (same hold).
     const hash = fingerprint(["reserve", req.accountId, req.destinationAccountId, req.currency, req.amountMinor, req.fx?.rate ?? "", req.fx?.quoteId ?? "", req.fx?.destinationMinor ?? ""]);
-    return this.db.transaction(async (tx) => {
+    const placed = await this.db.transaction(async (tx): Promise<Hold | { capture: bigint }> => {
       // Capturing changes both sides (and the liquidity accounts between two currencies);
       // a plain hold only the source's pending total. Locking the source also queues
       // concurrent duplicates of this hold: the second one then finds the first's.
@@ -211,9 +211,9 @@ export class Ledger {
         ? { transferId: `${req.holdId}:capture`, kind: "capture", hash: fingerprint(["capture", req.holdId, req.amountMinor]), legs: this.legs(source.id, destination.id, source.currency, req.amountMinor, destination.currency, destinationMinor, "capture") }
         : { legs: [], pending: { accountId: source.id, amountMinor: req.amountMinor } };
       // The hold, and its posting or pending total, in one statement; nothing when the id exists.
-      const placed = await this.write(tx, posting, { hold, hash });
-      return placed ? hold : this.repeatReserve(tx, req.holdId, hash, captured);
+      return (await this.write(tx, posting, { hold, hash })) ? hold : this.repeatReserve(tx, req.holdId, hash, captured);
     });
+    return "capture" in placed ? this.capture(req.holdId, placed.capture) : placed;
   }
 
   /**
@@ -357,12 +357,18 @@ export class Ledger {
   }
 
   /** A reserve whose hold id exists: the same request gets its hold (captured now if asked); another is ID_REUSED. */
-  private async repeatReserve(tx: Queryable, holdId: string, hash: string, capture: boolean): Promise<Hold> {
+  /**
+   * A reserve whose hold id exists: the same request gets its hold, another is ID_REUSED.
+   * Asked to capture a hold that is not captured whole, it says so (`capture`): that is done
+   * by capture() in a transaction of its own, which locks the hold before the accounts as
+   * every capture, release and expiry does.
+   */
+  private async repeatReserve(tx: Queryable, holdId: string, hash: string, capture: boolean): Promise<Hold | { capture: bigint }> {
     const earlier = await holdById(tx, holdId);
     if (!earlier || earlier.requestHash !== hash) throw reused("hold_id", holdId, "a different hold");
-    if (!capture) return earlier.hold;
-    const hold = await this.lockedPendingHold(tx, holdId, (h) => h.status === "CAPTURED" && h.capturedMinor === h.amountMinor);
-    return hold.status === "PENDING" ? this.captureHold(tx, hold, hold.amountMinor) : hold;
+    const { hold } = earlier;
+    if (!capture || (hold.status === "CAPTURED" && hold.capturedMinor === hold.amountMinor)) return hold;
+    return { capture: hold.amountMinor };
   }
 
   /** The legs moving money from a source to a destination, through liquidity when currencies differ. */
