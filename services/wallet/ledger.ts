@@ -436,7 +436,7 @@ export class Ledger {
    */
   private async lock(tx: Queryable, ids: string[], system: { kind: "LIQUIDITY" | "EXTERNAL"; currency: string }[] = []): Promise<Map<string, Account>> {
     const all = [...ids, ...system.map((a) => systemAccountId(a.kind, a.currency))];
-    let locked = await lockAccounts(tx, all);
+    const locked = await lockAccounts(tx, all);
     // Created in id order too: two first uses of a currency pair from either side must not deadlock.
     const missing = system.filter((a) => !locked.has(systemAccountId(a.kind, a.currency))).sort((a, b) => (systemAccountId(a.kind, a.currency) < systemAccountId(b.kind, b.currency) ? -1 : 1));
     if (missing.length === 0) return locked;
@@ -448,8 +448,7 @@ export class Ledger {
         this.now(),
       ]);
     }
-    locked = await lockAccounts(tx, all);
-    return locked;
+    return lockAccounts(tx, all);
   }
 
   /**
