@@ -135,6 +135,18 @@ export function codeName(outcome: Code | "ok"): string {
 /** The code a caller sees for `err` (ConnectError.from maps an AbortError to canceled). */
 const codeOfError = (err: unknown): string => codeName(ConnectError.from(err).code);
 
+/**
+ * Why a server call's signal aborted: the client went away (canceled), the deadline passed
+ * (deadline_exceeded), the server cut it off (unavailable). A client's HTTP/2 stream reset
+ * reaches connect as INTERNAL (connect-node's client resets with INTERNAL_ERROR, e.g. when its
+ * own deadline fires first); for the server that is the client going away, not a failure of
+ * its own, so it counts as canceled (as gRPC servers report a client's RST_STREAM).
+ */
+export function serverAbortError(signal: AbortSignal): ConnectError {
+  const err = ConnectError.from(signal.reason ?? new ConnectError("canceled", Code.Canceled));
+  return err.code === Code.Internal ? new ConnectError(err.rawMessage, Code.Canceled) : err;
+}
+
 const rpcServerRequests = counter(
   "rpc_server_requests_total",
   "RPCs completed by this server, by gRPC service, method, protocol and status code. Streams count when they end.",
@@ -202,19 +214,21 @@ async function measure<R extends { stream: boolean; message: unknown }>(
   server: boolean,
   call: () => Promise<R>,
 ): Promise<R> {
-  const okCode = () => (server && signal.aborted ? codeOfError(signal.reason) : "ok");
+  // A server call whose signal aborted ends with the abort's code, whatever its handler did.
+  const abortCode = () => (server ? codeName(serverAbortError(signal).code) : codeOfError(signal.reason));
+  const okCode = () => (server && signal.aborted ? abortCode() : "ok");
   let res: R;
   try {
     res = await call();
   } catch (err) {
-    m.finish(codeOfError(err));
+    m.finish(server && signal.aborted ? abortCode() : codeOfError(err));
     throw err;
   }
   if (!res.stream) {
     m.finish(okCode());
     return res;
   }
-  const onAbort = () => ended.finish(codeOfError(signal.reason));
+  const onAbort = () => ended.finish(abortCode());
   const ended: Measurement = {
     finish(code) {
       signal.removeEventListener("abort", onAbort);

@@ -79,7 +79,7 @@ import {
 import { Code, ConnectError, type Interceptor, type StreamResponse } from "@connectrpc/connect";
 import { ConfigError } from "./config.js";
 import type { Logger } from "./logger.js";
-import { codeName, protocolOf } from "./metrics.js";
+import { codeName, protocolOf, serverAbortError } from "./metrics.js";
 
 /** The tracer every Paygate span comes from (a no-op until initTracing registers the provider). */
 export const tracer = trace.getTracer("paygate");
@@ -343,8 +343,6 @@ function endRpcSpan(span: Span, err: unknown, server: boolean): void {
   span.end();
 }
 
-/** Why a server call's signal aborted (the client went away, the deadline passed, a cut-off). */
-const abortError = (signal: AbortSignal): unknown => signal.reason ?? new ConnectError("canceled", Code.Canceled);
 
 /**
  * Runs one call (`next(req)`) in `ctx` and ends `span` when it is over: when a unary call
@@ -368,7 +366,7 @@ async function tracedCall<Q extends { signal: AbortSignal }, R extends { stream:
     throw err;
   }
   if (res.stream) return tracedStream(span, ctx, req.signal, server, res);
-  endRpcSpan(span, server && req.signal.aborted ? abortError(req.signal) : undefined, server);
+  endRpcSpan(span, server && req.signal.aborted ? serverAbortError(req.signal) : undefined, server);
   return res;
 }
 
@@ -385,7 +383,7 @@ function tracedStream<R extends { stream: boolean; message: unknown }>(span: Spa
     signal.removeEventListener("abort", onAbort);
     endRpcSpan(span, err, server);
   };
-  const onAbort = () => end(abortError(signal));
+  const onAbort = () => end(server ? serverAbortError(signal) : (signal.reason ?? new ConnectError("canceled", Code.Canceled)));
   if (signal.aborted) onAbort();
   else signal.addEventListener("abort", onAbort, { once: true });
   const messages = (res as unknown as StreamResponse).message as AsyncIterable<unknown>;
@@ -398,7 +396,7 @@ function tracedStream<R extends { stream: boolean; message: unknown }>(span: Spa
         if (r.done) break;
         yield r.value;
       }
-      outcome = server && signal.aborted ? abortError(signal) : undefined;
+      outcome = server && signal.aborted ? serverAbortError(signal) : undefined;
     } catch (err) {
       outcome = err;
       throw err;
