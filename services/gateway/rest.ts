@@ -30,7 +30,7 @@ import { newId } from "../runtime/ids.js";
 import type { Logger } from "../runtime/logger.js";
 import { formatMinor, money, parseJsonAmount } from "../runtime/money.js";
 import { downstream } from "../runtime/upstream.js";
-import { IDEMPOTENCY_HEADER } from "../runtime/headers.js";
+import { IDEMPOTENCY_HEADER, REPLAYED_HEADER } from "../runtime/headers.js";
 import { apiKeyFrom, type Merchants } from "./merchants.js";
 import { merchantKey, type publicApi } from "./public-api.js";
 
@@ -59,11 +59,12 @@ export function restRoutes(api: Api, risk: Client<typeof RiskService>, merchants
     });
   }
 
-  const routes: { method: string; pattern: RegExp; handle: (req: Request, url: URL, params: string[]) => Promise<unknown> }[] = [
+  /** A route answers a JSON body; it may add response headers to `headers`. */
+  const routes: { method: string; pattern: RegExp; handle: (req: Request, url: URL, params: string[], headers: Record<string, string>) => Promise<unknown> }[] = [
     {
       method: "POST",
       pattern: /^\/payments$/,
-      async handle(req) {
+      async handle(req, _url, _params, headers) {
         const body = await jsonBody(req, ["id", "currency", "amount", "source_account", "destination_account", "settlement_currency", "capture_method"]);
         const id = requiredString(body, "id");
         const currency = requiredString(body, "currency");
@@ -82,6 +83,8 @@ export function restRoutes(api: Api, risk: Client<typeof RiskService>, merchants
           captureMethod: captureMethod === "manual" ? CaptureMethod.MANUAL : CaptureMethod.AUTOMATIC,
         });
         const { payment } = create(CreatePaymentResponseSchema, await api.payments.createPayment(request, ctx));
+        const replayed = ctx.responseHeader.get(REPLAYED_HEADER);
+        if (replayed) headers[REPLAYED_HEADER] = replayed;
         return paymentJson(payment!);
       },
     },
@@ -183,8 +186,9 @@ export function restRoutes(api: Api, risk: Client<typeof RiskService>, merchants
       const match = route.pattern.exec(url.pathname);
       if (!match) continue;
       if (req.method !== route.method) return sendJson(res, 405, { error: { code: "method_not_allowed", message: `${req.method} ${url.pathname}: use ${route.method}` } });
-      route.handle(req, url, match.slice(1).map(decodeURIComponent)).then(
-        (body) => sendJson(res, 200, body),
+      const headers: Record<string, string> = {};
+      route.handle(req, url, match.slice(1).map(decodeURIComponent), headers).then(
+        (body) => sendJson(res, 200, body, headers),
         (err: unknown) => sendError(res, err, logger),
       );
       return;
@@ -267,8 +271,8 @@ async function jsonBody(req: Request, allowed: string[]): Promise<Record<string,
   return body as Record<string, unknown>;
 }
 
-function sendJson(res: Response, status: number, body: unknown): void {
-  (res as http.ServerResponse).writeHead(status, { "content-type": "application/json" });
+function sendJson(res: Response, status: number, body: unknown, headers: Record<string, string> = {}): void {
+  (res as http.ServerResponse).writeHead(status, { ...headers, "content-type": "application/json" });
   res.end(JSON.stringify(body));
 }
 

@@ -213,7 +213,7 @@ describe.each(storageBackends())("idempotency through the gateway ($name)", (bac
     expect(await balanceOf(globex.wallet, gSrc)).toMatchObject({ posted: 9800n });
   });
 
-  it("REST POST /payments is idempotent by its payment id: a retry returns the same payment, another body is refused", async () => {
+  it("REST POST /payments is idempotent by its payment id: a retry returns the same payment, marked replayed; another body is refused", async () => {
     const { src, dst } = await accounts();
     const id = `order-${randomUUID()}`;
     const post = (amount: unknown) =>
@@ -221,12 +221,13 @@ describe.each(storageBackends())("idempotency through the gateway ($name)", (bac
         method: "POST",
         headers: { "content-type": "application/json", authorization: `Bearer ${ACME.apiKey}` },
         body: JSON.stringify({ id, currency: "USD", amount, source_account: src, destination_account: dst }),
-      }).then(async (r) => ({ status: r.status, json: (await r.json()) as Record<string, any> }));
+      }).then(async (r) => ({ status: r.status, replayed: r.headers.get("idempotent-replayed"), json: (await r.json()) as Record<string, any> }));
     const first = await post(12.5);
     expect(first.status).toBe(200);
     expect(first.json).toMatchObject({ status: "CAPTURED", amount: "12.50", reference: id });
+    expect(first.replayed).toBeNull();
     const second = await post("12.50");
-    expect(second).toEqual(first);
+    expect(second).toEqual({ ...first, replayed: "true" });
     const other = await post(12.51);
     expect(other.status).toBe(400);
     expect(other.json.error).toMatchObject({ code: "invalid_argument", reason: "IDEMPOTENCY_KEY_REUSED" });
