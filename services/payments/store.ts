@@ -197,7 +197,7 @@ export class PaymentStore {
     const patch: PaymentPatch = Object.assign({}, ...path.map((s) => s.patch));
     const { sets, values } = assignments(patch, 5 + 3 * path.length);
     if (!resumable(current)) sets.push("lease_owner = NULL", "lease_until = NULL");
-    const events = path.map((step, i) => `($${5 + 3 * i}::text, $${6 + 3 * i}::text, $${7 + 3 * i}::bytea, ${i})`);
+    const events = path.map((_step, i) => `($${5 + 3 * i}::text, $${6 + 3 * i}::text, $${7 + 3 * i}::bytea, ${i})`);
     const sql = `WITH moved AS (
         UPDATE payments SET ${["status = $3", "version = version + 1", "updated_at = $4", ...sets].join(", ")}
         WHERE id = $1 AND version = $2 RETURNING merchant_id)
