@@ -51,11 +51,9 @@ export function riskService(deps: RiskDeps): ServiceImpl<typeof RiskService> {
         if (earlier) return { decision: toProto(sameRequest(earlier, requestHash)) };
         throw err;
       }
-      let decided = false; // a new decision, not one recorded earlier
-      const decision = await store.scoring(input.accountId, async (tx) => {
-        const now = deps.now();
-        const facts = await tx.facts(input.paymentId, input.accountId, now, rules.velocity.map((r) => new Date(now.getTime() - r.windowMs)));
-        if (facts.earlier) return sameRequest(facts.earlier, requestHash);
+      const windows = (now: Date) => rules.velocity.map((r) => new Date(now.getTime() - r.windowMs));
+      const { record: decision, isNew } = await store.score(input.paymentId, input.accountId, deps.now, windows, (facts, now) => {
+        if (facts.earlier) return { record: sameRequest(facts.earlier, requestHash), isNew: false };
         // Risk sees the account now even when this caller says when it was opened: a later
         // payment without account_opened_at must not take the account for a new one.
         const openedAt = input.accountOpenedAt ?? facts.firstSeen;
@@ -77,11 +75,9 @@ export function riskService(deps: RiskDeps): ServiceImpl<typeof RiskService> {
           requestHash,
           createdAt: now,
         };
-        await tx.insert(record);
-        decided = true;
-        return record;
+        return { record, isNew: true };
       });
-      if (decided) {
+      if (isNew) {
         decisionsMetric.inc({ outcome: decision.outcome });
         for (const r of decision.reasons) reasonsMetric.inc({ reason: r.code, shadow: String(r.shadow) });
       }

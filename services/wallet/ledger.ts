@@ -69,6 +69,24 @@ interface Leg {
   kind: string;
 }
 
+/** What reserve() is asked. */
+interface ReserveRequest {
+  holdId: string;
+  accountId: string;
+  destinationAccountId: string;
+  currency: string;
+  amountMinor: bigint;
+  fx: FxTerms | undefined;
+  ttlMs: number;
+  capture?: boolean;
+}
+
+/** The accounts a one-statement write locks, and the one whose available balance must cover an amount. */
+interface FundsGate {
+  lock: string[];
+  funds: { accountId: string; amountMinor: bigint };
+}
+
 /** A movement to write: a transfer of `legs` (when it has an id) and a change to a pending total. */
 interface Posting {
   transferId?: string;
@@ -78,17 +96,37 @@ interface Posting {
   pending?: { accountId: string; amountMinor: bigint };
 }
 
-/** The CTE inserting a new hold (parameters $13..$28), yielding no row when its id exists. */
-const HOLD_INSERT = `hold AS (
+/**
+ * The CTE inserting a new hold (parameters $13..$28), yielding no row when its id exists or
+ * when `gate` (a CTE name) yields none.
+ */
+const holdInsert = (gate: string | undefined) => `hold AS (
   INSERT INTO holds (id, account_id, destination_account_id, currency, amount_minor, destination_currency, destination_minor,
     fx_rate, fx_quote_id, status, captured_minor, captured_destination_minor, request_hash, expires_at, created_at, resolved_at)
-  VALUES ($13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28)
+  SELECT $13::text, $14::text, $15::text, $16::text, $17::int8, $18::text, $19::int8, $20::numeric, $21::text, $22::text, $23::int8, $24::int8,
+    $25::text, $26::timestamptz, $27::timestamptz, $28::timestamptz ${gate ? `FROM ${gate}` : ""}
   ON CONFLICT (id) DO NOTHING RETURNING id)`;
+
+/**
+ * CTEs that row-lock accounts $29 in id order (as lockAccounts does) and yield one row only
+ * when all of them exist and account $30, if a user account, has $31 available on its locked
+ * balance: the funds check of a one-statement placement.
+ */
+const FUNDS_GATE = `locked AS (SELECT id, kind, posted_minor, pending_minor FROM accounts WHERE id = ANY($29::text[]) ORDER BY id FOR NO KEY UPDATE),
+       gate AS (SELECT 1 WHERE (SELECT count(*) FROM locked) = cardinality($29::text[])
+         AND NOT EXISTS (SELECT 1 FROM locked WHERE id = $30 AND kind = 'USER' AND posted_minor - pending_minor < $31::int8))`;
+
+/** Account facts that never change, kept once read. */
+type AccountFacts = Pick<Account, "id" | "ownerId" | "currency" | "kind">;
+/** How many account facts a ledger keeps before starting afresh. */
+const FACTS_KEPT = 100_000;
 
 /** Ids of Paygate's own accounts, one per currency and kind, created on first use. */
 export const systemAccountId = (kind: "LIQUIDITY" | "EXTERNAL", currency: string) => `${kind.toLowerCase()}_${currency}`;
 
 export class Ledger {
+  private readonly facts = new Map<string, AccountFacts>();
+
   constructor(
     private readonly db: Database,
     private readonly now: () => Date = () => new Date(),
@@ -162,20 +200,13 @@ export class Ledger {
    * it, pending holds included) until it is captured, released or expires. With `capture`
    * the hold is placed and captured whole in the same transaction (automatic capture).
    */
-  async reserve(req: {
-    holdId: string;
-    accountId: string;
-    destinationAccountId: string;
-    currency: string;
-    amountMinor: bigint;
-    fx: FxTerms | undefined;
-    ttlMs: number;
-    capture?: boolean;
-  }): Promise<Hold> {
+  async reserve(req: ReserveRequest): Promise<Hold> {
     requireId(req.holdId, "hold_id");
     requirePositive(req.amountMinor, "amount");
     // Not the capture flag: a retry with it captures a hold placed without it (same hold).
     const hash = fingerprint(["reserve", req.accountId, req.destinationAccountId, req.currency, req.amountMinor, req.fx?.rate ?? "", req.fx?.quoteId ?? "", req.fx?.destinationMinor ?? ""]);
+    const atOnce = await this.placeAtOnce(req, hash);
+    if (atOnce) return atOnce;
     const placed = await this.db.transaction(async (tx): Promise<Hold | { capture: bigint }> => {
       // Capturing changes both sides (and the liquidity accounts between two currencies);
       // a plain hold only the source's pending total. Locking the source also queues
@@ -190,30 +221,68 @@ export class Ledger {
       const source = locked.get(req.accountId);
       if (!source) throw notFound("ACCOUNT_NOT_FOUND", `account_id: no account ${JSON.stringify(req.accountId)}`, "account_id");
       const destination = locked.get(req.destinationAccountId) ?? (await accountOrFail(tx, req.destinationAccountId, "destination_account_id"));
-      requireCurrency(source, req.currency, "amount.currency");
-      if (source.id === destination.id) throw invalidArgument("SAME_ACCOUNT", "destination_account_id", "destination_account_id: must differ from account_id");
-      const destinationMinor = settle(source.currency, destination.currency, req.amountMinor, req.fx, "fx");
-      const captured = req.capture === true;
+      const { hold, posting } = this.placement(req, hash, source, destination);
       const available = source.postedMinor - source.pendingMinor;
       if (source.kind === "USER" && available < req.amountMinor) {
         // Too little for a new hold; a retry of one placed earlier still gets it.
-        if (await holdById(tx, req.holdId)) return this.repeatReserve(tx, req.holdId, hash, captured);
+        if (await holdById(tx, req.holdId)) return this.repeatReserve(tx, req.holdId, hash, hold.status === "CAPTURED");
         throw insufficientFunds(source.id, req.currency, req.amountMinor, available);
       }
-      const now = this.now();
-      const hold = {
-        id: req.holdId, accountId: source.id, destinationAccountId: destination.id, currency: source.currency, amountMinor: req.amountMinor,
-        destinationCurrency: destination.currency, destinationMinor, fxRate: req.fx?.rate ? formatDecimal(parseDecimal(req.fx.rate, "fx.rate")) : null, fxQuoteId: req.fx?.quoteId || null,
-        status: captured ? "CAPTURED" : "PENDING", capturedMinor: captured ? req.amountMinor : null, capturedDestinationMinor: captured ? destinationMinor : null,
-        expiresAt: new Date(now.getTime() + req.ttlMs), createdAt: now, resolvedAt: captured ? now : null,
-      } satisfies Hold;
-      const posting = captured
-        ? { transferId: `${req.holdId}:capture`, kind: "capture", hash: fingerprint(["capture", req.holdId, req.amountMinor]), legs: this.legs(source.id, destination.id, source.currency, req.amountMinor, destination.currency, destinationMinor, "capture") }
-        : { legs: [], pending: { accountId: source.id, amountMinor: req.amountMinor } };
       // The hold, and its posting or pending total, in one statement; nothing when the id exists.
-      return (await this.write(tx, posting, { hold, hash })) ? hold : this.repeatReserve(tx, req.holdId, hash, captured);
+      return (await this.write(tx, posting, { hold, hash })) ? hold : this.repeatReserve(tx, req.holdId, hash, hold.status === "CAPTURED");
     });
     return "capture" in placed ? this.capture(req.holdId, placed.capture) : placed;
+  }
+
+  /**
+   * The common reserve in one statement and no explicit transaction: lock the accounts it
+   * changes, check the funds on the locked balance, insert the hold and write its posting or
+   * pending total. Undefined when that statement wrote nothing (an existing hold id, too
+   * little money, a missing account, a deadlock) or a check fails: then reserve() takes its
+   * transactional path, which finds the reason and says it.
+   */
+  private async placeAtOnce(req: ReserveRequest, hash: string): Promise<Hold | undefined> {
+    const [source, destination] = await Promise.all([this.accountFacts(req.accountId), this.accountFacts(req.destinationAccountId)]);
+    if (!source || !destination || source.currency !== req.currency || source.id === destination.id) return undefined;
+    const { hold, posting } = this.placement(req, hash, source, destination);
+    const ids = posting.legs.length > 0 ? [...new Set(posting.legs.flatMap((l) => [l.from, l.to]))] : [source.id];
+    const gate = { lock: ids, funds: { accountId: source.id, amountMinor: req.amountMinor } };
+    const placed = await this.write(this.db, posting, { hold, hash, gate }).catch((err: unknown) => {
+      if ((err as { code?: unknown }).code === "40P01") return false;
+      throw err;
+    });
+    return placed ? hold : undefined;
+  }
+
+  /** A new hold for `req` between these accounts, and what placing it writes. */
+  private placement(req: ReserveRequest, hash: string, source: AccountFacts, destination: AccountFacts): { hold: Hold; posting: Posting } {
+    requireCurrency(source, req.currency, "amount.currency");
+    if (source.id === destination.id) throw invalidArgument("SAME_ACCOUNT", "destination_account_id", "destination_account_id: must differ from account_id");
+    const destinationMinor = settle(source.currency, destination.currency, req.amountMinor, req.fx, "fx");
+    const captured = req.capture === true;
+    const now = this.now();
+    const hold = {
+      id: req.holdId, accountId: source.id, destinationAccountId: destination.id, currency: source.currency, amountMinor: req.amountMinor,
+      destinationCurrency: destination.currency, destinationMinor, fxRate: req.fx?.rate ? formatDecimal(parseDecimal(req.fx.rate, "fx.rate")) : null, fxQuoteId: req.fx?.quoteId || null,
+      status: captured ? "CAPTURED" : "PENDING", capturedMinor: captured ? req.amountMinor : null, capturedDestinationMinor: captured ? destinationMinor : null,
+      expiresAt: new Date(now.getTime() + req.ttlMs), createdAt: now, resolvedAt: captured ? now : null,
+    } satisfies Hold;
+    const posting: Posting = captured
+      ? { transferId: `${req.holdId}:capture`, kind: "capture", hash: fingerprint(["capture", req.holdId, req.amountMinor]), legs: this.legs(source.id, destination.id, source.currency, req.amountMinor, destination.currency, destinationMinor, "capture") }
+      : { legs: [], pending: { accountId: source.id, amountMinor: req.amountMinor } };
+    return { hold, posting };
+  }
+
+  /** An account's owner, currency and kind (they never change), read once; undefined when there is none. */
+  private async accountFacts(id: string): Promise<AccountFacts | undefined> {
+    const kept = this.facts.get(id);
+    if (kept || id === "") return kept;
+    const found = await accountWhere(this.db, "id = $1", [id]);
+    if (!found) return undefined;
+    if (this.facts.size >= FACTS_KEPT) this.facts.clear();
+    const facts = { id: found.id, ownerId: found.ownerId, currency: found.currency, kind: found.kind };
+    this.facts.set(id, facts);
+    return facts;
   }
 
   /**
@@ -384,9 +453,10 @@ export class Ledger {
    * One statement: records a transfer with the entries of its legs (when it has an id) and
    * moves the running totals of every account touched, `pending` adding to a pending total.
    * With `place`, it first inserts that hold and writes the rest only when the hold is new;
-   * false when a hold with its id exists (nothing written). The caller has locked the accounts.
+   * false when a hold with its id exists (nothing written). The caller has locked the accounts,
+   * or `gate` locks them in this statement and lets the hold in only when the funds are there.
    */
-  private async write(tx: Queryable, posting: Posting, place?: { hold: Hold; hash: string }): Promise<boolean> {
+  private async write(tx: Queryable, posting: Posting, place?: { hold: Hold; hash: string; gate?: FundsGate }): Promise<boolean> {
     const entries = posting.legs.flatMap((l) => [
       { account: l.from, direction: "DEBIT", leg: l },
       { account: l.to, direction: "CREDIT", leg: l },
@@ -400,7 +470,8 @@ export class Ledger {
     if (posting.pending) change(posting.pending.accountId).pending += posting.pending.amountMinor;
     const ids = [...totals.keys()];
     const h = place?.hold;
-    const sql = `WITH ${h ? HOLD_INSERT : "hold AS (SELECT 1)"},
+    const gate = place?.gate;
+    const sql = `WITH ${gate ? `${FUNDS_GATE},` : ""} ${h ? holdInsert(gate && "gate") : "hold AS (SELECT 1)"},
        transfer AS (INSERT INTO transfers (id, kind, request_hash, created_at) SELECT $1, $2, $3, $4 FROM hold WHERE $1::text IS NOT NULL),
        entries AS (
          INSERT INTO entries (transfer_id, account_id, direction, currency, amount_minor, kind, created_at)
@@ -417,6 +488,7 @@ export class Ledger {
       ids, ids.map((id) => totals.get(id)!.posted), ids.map((id) => totals.get(id)!.pending),
       ...(h ? [h.id, h.accountId, h.destinationAccountId, h.currency, h.amountMinor, h.destinationCurrency, h.destinationMinor, h.fxRate, h.fxQuoteId,
         h.status, h.capturedMinor, h.capturedDestinationMinor, place.hash, h.expiresAt, h.createdAt, h.resolvedAt] : []),
+      ...(gate ? [gate.lock, gate.funds.accountId, gate.funds.amountMinor] : []),
     ];
     const { rowCount } = await tx.query(sql, params).catch(refuseOutOfRange);
     return rowCount > 0;
@@ -529,7 +601,7 @@ function requirePositive(amountMinor: bigint, field: string): void {
   if (amountMinor <= 0n) throw invalidArgument("NON_POSITIVE_AMOUNT", field, `${field}: amount must be greater than zero, got ${amountMinor} minor units`);
 }
 
-function requireCurrency(account: Account, currency: string, field: string): void {
+function requireCurrency(account: AccountFacts, currency: string, field: string): void {
   if (account.currency !== currency) {
     throw invalidArgument("CURRENCY_MISMATCH", field, `${field}: account ${account.id} holds ${account.currency}, not ${currency}`);
   }
