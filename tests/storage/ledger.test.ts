@@ -432,6 +432,32 @@ describe.each(backends)("ledger on $name", (backend) => {
       expect(credits.map((e) => [e.transferId, e.direction, e.amountMinor, e.kind])).toEqual([[`${hold.id}:capture`, "CREDIT", 4_25n, "capture"]]);
     });
 
+    it("is one statement and no transaction when the accounts are known and the money is there; too little takes the careful path", async () => {
+      const statements: string[] = [];
+      const counted: Database = {
+        ...db,
+        query: (sql, params) => (statements.push(sql.trim().split(/\s+/)[0]!), db.query(sql, params)),
+        transaction: (fn) => (statements.push("BEGIN"), db.transaction(fn)),
+      };
+      const counting = new Ledger(counted, clock.now);
+      const a = await f.funded(10_00n, "EUR");
+      const b = await f.open("EUR");
+      const jpy = await f.open("JPY");
+      await f.reserve(a, jpy, 1_00n, { capture: true, fx: { rate: "160.5", quoteId: "" } }); // liquidity accounts exist
+      const reserve = (destination: Account, amountMinor: bigint, fx?: FxTerms) =>
+        counting.reserve({ holdId: `h_${uid()}`, accountId: a.id, destinationAccountId: destination.id, currency: "EUR", amountMinor, fx, ttlMs: LONG_TTL, capture: true });
+      await reserve(b, 1_00n);
+      expect(statements).toEqual(["SELECT", "SELECT", "WITH"]); // the two accounts, read once and kept
+      statements.length = 0;
+      await reserve(b, 2_00n);
+      await reserve(jpy, 3_00n, { rate: "160.5", quoteId: "" });
+      expect(statements).toEqual(["WITH", "SELECT", "WITH"]); // the JPY account was new to this ledger
+      statements.length = 0;
+      await expectDomainError(reserve(b, 5_00n), "failed_precondition", "INSUFFICIENT_FUNDS");
+      expect(statements).toEqual(["WITH", "BEGIN"]);
+      expect(await f.bal(a.id)).toEqual({ posted: 3_00n, pending: 0n, available: 3_00n });
+    });
+
     it("across currencies posts through both liquidity accounts at the rate, half-even", async () => {
       const a = await f.funded(20_00n, "EUR");
       const b = await f.open("JPY");
