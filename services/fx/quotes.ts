@@ -1,6 +1,6 @@
 // Quotes, persisted: created open, then used once (before expiry) or left to expire.
 import type { Database } from "../runtime/db.js";
-import { failedPrecondition, notFound } from "../runtime/errors.js";
+import { DomainError, failedPrecondition, notFound } from "../runtime/errors.js";
 
 export interface QuoteRecord {
   id: string;
@@ -56,6 +56,27 @@ export class QuoteStore {
        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)`,
       [q.id, q.fromCurrency, q.toCurrency, q.amountMinor, q.convertedMinor, q.midRate, q.spreadBps, q.rate, q.createdAt, q.expiresAt],
     );
+  }
+
+  /**
+   * Inserts a quote already used by its `usedReference`, once per reference: returns `q`, or
+   * the quote an earlier request with that reference made when it was for the same amount and
+   * currencies (a retry). Another request with the reference is ALREADY_EXISTS.
+   */
+  async insertUsed(q: QuoteRecord): Promise<QuoteRecord> {
+    const { rowCount } = await this.db.query(
+      `INSERT INTO quotes (id, from_currency, to_currency, amount_minor, converted_minor, mid_rate, spread_bps, rate, created_at, expires_at, used_at, used_reference, created_for)
+       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12)
+       ON CONFLICT (created_for) WHERE created_for IS NOT NULL DO NOTHING`,
+      [q.id, q.fromCurrency, q.toCurrency, q.amountMinor, q.convertedMinor, q.midRate, q.spreadBps, q.rate, q.createdAt, q.expiresAt, q.usedAt, q.usedReference],
+    );
+    if (rowCount > 0) return q;
+    const { rows } = await this.db.query<QuoteRow>("SELECT * FROM quotes WHERE created_for = $1", [q.usedReference]);
+    const earlier = fromRow(rows[0]!);
+    if (earlier.fromCurrency !== q.fromCurrency || earlier.toCurrency !== q.toCurrency || earlier.amountMinor !== q.amountMinor) {
+      throw new DomainError("already_exists", "QUOTE_REFERENCE_REUSED", `use_reference: ${JSON.stringify(q.usedReference)} already has a quote for another amount or currency`, "use_reference");
+    }
+    return earlier;
   }
 
   async get(id: string): Promise<QuoteRecord> {

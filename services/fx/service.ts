@@ -173,12 +173,20 @@ export function fxService(deps: FxDeps): ServiceImpl<typeof FxService> {
         rate: formatDecimal(rate),
         createdAt: now,
         expiresAt: new Date(now.getTime() + ttlMs),
-        usedAt: null,
-        usedReference: null,
+        usedAt: req.useReference === "" ? null : now,
+        usedReference: req.useReference === "" ? null : req.useReference,
       };
-      await deps.quotes.insert(record);
-      quotesMetric.inc({ event: "created" });
-      return { quote: quoteMessage(record, now) };
+      if (req.useReference === "") {
+        await deps.quotes.insert(record);
+        quotesMetric.inc({ event: "created" });
+        return { quote: quoteMessage(record, now) };
+      }
+      const made = await deps.quotes.insertUsed(record);
+      if (made === record) {
+        quotesMetric.inc({ event: "created" });
+        quotesMetric.inc({ event: "used" });
+      }
+      return { quote: quoteMessage(made, now) };
     },
 
     async getQuote(req) {

@@ -10,6 +10,8 @@ import type { Database } from "../runtime/db.js";
 import { DomainError, invalidArgument, toConnectError } from "../runtime/errors.js";
 import { IDEMPOTENCY_HEADER } from "../runtime/headers.js";
 
+/** Stores a key's response ($3) and unlocks it. */
+export const COMPLETE = "UPDATE idempotency_keys SET response = $3, locked_until = NULL WHERE merchant_id = $1 AND key = $2";
 
 /** Errors worth retrying: the key is unlocked so a retry of the same request runs it again. */
 const TRANSIENT = new Set([Code.Unavailable, Code.DeadlineExceeded, Code.Canceled, Code.Internal, Code.Unknown, Code.Aborted, Code.ResourceExhausted]);
@@ -20,6 +22,18 @@ interface StoredError {
   reason: string;
   field: string;
   metadata: Record<string, string>;
+}
+
+/**
+ * A key this request holds. The request's own last write may store the response with its
+ * outcome (PaymentStore.transition does, given a KeyCompletion): one statement fewer, and no
+ * moment where the outcome is written but the key still says "in progress".
+ */
+export interface ClaimedKey {
+  merchantId: string;
+  key: string;
+  /** Set by the write that stored the response; run() then has nothing left to write. */
+  responseStored: boolean;
 }
 
 export interface IdempotencyOptions {
@@ -49,10 +63,11 @@ export class IdempotencyKeys {
      * `scope` names this use of the key (merchant, key, when first claimed) and stays the
      * same when a retry takes over from an attempt that died; undefined without a key. A
      * write that derives its ids from it finds what the dead attempt already created.
+     * `claimed` is the key (undefined without one), for a write that stores the response.
      */
-    fn: (scope: string | undefined) => Promise<MessageShape<S>>,
+    fn: (scope: string | undefined, claimed: ClaimedKey | undefined) => Promise<MessageShape<S>>,
   ): Promise<{ response: MessageShape<S>; replayed: boolean }> {
-    if (key === "") return { response: await fn(undefined), replayed: false };
+    if (key === "") return { response: await fn(undefined, undefined), replayed: false };
     if (key.length > 255) throw invalidArgument("INVALID_IDEMPOTENCY_KEY", IDEMPOTENCY_HEADER, `${IDEMPOTENCY_HEADER}: at most 255 characters`);
     const hash = createHash("sha256").update(JSON.stringify(request, (_k, v: unknown) => (typeof v === "bigint" ? v.toString() : v))).digest("hex");
     const now = this.opts.now();
@@ -75,8 +90,9 @@ export class IdempotencyKeys {
     const first = claimed.rows[0];
     if (claimed.rowCount === 0 || !first) return { response: await this.replay(merchantId, key, hash, schema), replayed: true };
     try {
-      const response = await fn(`${merchantId}\u0000${key}\u0000${new Date(first.created_at).toISOString()}`);
-      await this.db.query("UPDATE idempotency_keys SET response = $3, locked_until = NULL WHERE merchant_id = $1 AND key = $2", [merchantId, key, toBinary(schema, response)]);
+      const claimedKey: ClaimedKey = { merchantId, key, responseStored: false };
+      const response = await fn(`${merchantId}\u0000${key}\u0000${new Date(first.created_at).toISOString()}`, claimedKey);
+      if (!claimedKey.responseStored) await this.db.query(COMPLETE, [merchantId, key, toBinary(schema, response)]);
       return { response, replayed: false };
     } catch (err) {
       const stored = storable(err);

@@ -8,12 +8,14 @@
 // With automatic capture the wallet places and captures the hold in one transaction (one
 // call, one commit) and the payment goes PENDING -> AUTHORIZED -> CAPTURED in one write with
 // both events; with manual capture the hold stays until CapturePayment or CancelPayment.
-// The risk decision is written with the outcome; it is persisted before the wallet call only
-// with an fx quote, whose terms the hold is then bound to.
+// The risk decision and the fx quote's terms are written with the outcome: the quote is made
+// and used for the payment in one fx call, and fx gives a resumed saga the same quote again,
+// so the hold is always placed on the same terms.
 //
 // Traces: run() is a span "saga.run" (a child of the RPC that drives it, or the root of a
 // trace of its own when the recovery sweep resumes a payment), each step a child span:
-// saga.risk, saga.fx_quote, saga.fx_use, saga.wallet_reserve_capture (automatic capture),
+// saga.risk, saga.fx_quote (saga.fx_use for a payment an earlier version quoted),
+// saga.wallet_reserve_capture (automatic capture),
 // saga.wallet_reserve, saga.wallet_capture, saga.wallet_release (manual capture). All carry
 // paygate.payment_id, paygate.merchant_id and paygate.currency (and
 // paygate.settlement_currency when it differs), and so do the calls and database work done
@@ -28,7 +30,7 @@ import type { Logger } from "../runtime/logger.js";
 import { withAttributes, withSpan, type PaygateAttributes } from "../runtime/tracing.js";
 import type { PaymentRecord } from "./payment.js";
 import type { AccountDirectory } from "./accounts.js";
-import type { PaymentPatch, PaymentStore } from "./store.js";
+import type { KeyCompletion, PaymentPatch, PaymentStore } from "./store.js";
 
 export interface Upstreams {
   wallet: Client<typeof WalletService>;
@@ -80,13 +82,16 @@ export class Saga {
     private readonly logger: Logger,
   ) {}
 
-  /** Drives a payment as far as it can go now; returns it as it then stands. */
-  async run(p: PaymentRecord, call: CallOptions): Promise<PaymentRecord> {
+  /**
+   * Drives a payment as far as it can go now; returns it as it then stands. The write that
+   * ends the run also stores the request's response under `complete`'s key (see transition).
+   */
+  async run(p: PaymentRecord, call: CallOptions, complete?: KeyCompletion): Promise<PaymentRecord> {
     return withAttributes(paymentAttributes(p), () =>
       withSpan("saga.run", {}, async (span) => {
         try {
-          if (p.status === "PENDING") p = await this.authorize(p, call);
-          if (p.status === "AUTHORIZED" && p.captureMethod === "AUTOMATIC") p = await this.capture(p, undefined, call);
+          if (p.status === "PENDING") p = await this.authorize(p, call, complete);
+          if (p.status === "AUTHORIZED" && p.captureMethod === "AUTOMATIC") p = await this.capture(p, undefined, call, complete);
           span.setAttribute("paygate.payment_status", p.status);
           this.logger.info({ paymentId: p.id, merchantId: p.merchantId, status: p.status, ...(p.failureReason ? { failureReason: p.failureReason } : {}) }, "payment processed");
           return p;
@@ -102,8 +107,8 @@ export class Saga {
     );
   }
 
-  private async authorize(p: PaymentRecord, call: CallOptions): Promise<PaymentRecord> {
-    let risk: PaymentPatch = {};
+  private async authorize(p: PaymentRecord, call: CallOptions, complete: KeyCompletion | undefined): Promise<PaymentRecord> {
+    let facts: PaymentPatch = {};
     if (p.riskDecisionId === "") {
       const source = await this.accounts.get(p.sourceAccountId, call.signal);
       const scored = await refusal(step("risk", p, () =>
@@ -120,29 +125,35 @@ export class Saga {
           call,
         ),
       ));
-      if ("refused" in scored) return this.refused(p, scored.refused, risk);
+      if ("refused" in scored) return this.refused(p, scored.refused, facts, complete);
       const { decision } = scored;
-      risk = { riskDecisionId: decision!.id, riskScore: decision!.score };
+      facts = { riskDecisionId: decision!.id, riskScore: decision!.score };
       if (decision!.outcome === Outcome.DECLINE) {
         const reasons = decision!.reasons.filter((r) => !r.shadow).map((r) => r.code).join(", ");
-        return this.fail(p, "RISK_DECLINED", `declined by risk (score ${decision!.score}: ${reasons})`, risk);
+        return this.fail(p, "RISK_DECLINED", `declined by risk (score ${decision!.score}: ${reasons})`, facts, complete);
       }
     }
 
     let fx: { rate: string; quoteId: string; destinationAmount: ReturnType<typeof money> } | undefined;
     if (p.settlementCurrency !== p.currency) {
       if (p.fxQuoteId === null) {
-        const quoted = await refusal(step("fx_quote", p, () => this.up.fx.createQuote({ source: { case: "amount", value: money(p.currency, p.amountMinor) }, toCurrency: p.settlementCurrency }, call)));
-        if ("refused" in quoted) return this.refused(p, quoted.refused, risk);
+        // A quote made and used for this payment in one call. Asked again (a resumed saga),
+        // fx returns the same quote, so the hold is placed on the same terms; the terms are
+        // stored with the payment's outcome.
+        const quoted = await refusal(step("fx_quote", p, () =>
+          this.up.fx.createQuote({ source: { case: "amount", value: money(p.currency, p.amountMinor) }, toCurrency: p.settlementCurrency, useReference: p.id }, call),
+        ));
+        if ("refused" in quoted) return this.refused(p, quoted.refused, facts, complete);
         const { quote } = quoted;
-        // Kept before the hold is placed: a resumed saga must place it on the same terms.
-        p = await this.store.patch(p, { ...risk, fxQuoteId: quote!.id, fxRate: quote!.rate, settlementMinor: quote!.converted!.amountMinor });
-        risk = {};
+        facts = { ...facts, fxQuoteId: quote!.id, fxRate: quote!.rate, settlementMinor: quote!.converted!.amountMinor };
+        fx = { rate: quote!.rate, quoteId: quote!.id, destinationAmount: quote!.converted! };
+      } else {
+        // A payment an earlier version of this service quoted (and stored the quote) first:
+        // it uses that quote up on behalf of the payment (the same payment may use it again).
+        const used = await refusal(step("fx_use", p, () => this.up.fx.convert({ quoteId: p.fxQuoteId!, reference: p.id }, call)));
+        if ("refused" in used) return this.refused(p, used.refused, facts, complete);
+        fx = { rate: p.fxRate!, quoteId: p.fxQuoteId!, destinationAmount: money(p.settlementCurrency, p.settlementMinor!) };
       }
-      // Uses the quote up, on behalf of this payment (the same payment may use it again).
-      const used = await refusal(step("fx_use", p, () => this.up.fx.convert({ quoteId: p.fxQuoteId!, reference: p.id }, call)));
-      if ("refused" in used) return this.refused(p, used.refused, risk);
-      fx = { rate: p.fxRate!, quoteId: p.fxQuoteId!, destinationAmount: money(p.settlementCurrency, p.settlementMinor!) };
     }
 
     const automatic = p.captureMethod === "AUTOMATIC";
@@ -152,18 +163,18 @@ export class Saga {
         call,
       ),
     ));
-    if ("refused" in reserved) return this.refused(p, reserved.refused, risk);
+    if ("refused" in reserved) return this.refused(p, reserved.refused, facts, complete);
     const { hold } = reserved;
-    const authorized = { to: "AUTHORIZED" as const, event: "payment.authorized", patch: risk };
+    const authorized = { to: "AUTHORIZED" as const, event: "payment.authorized", patch: facts };
     // Only a hold the wallet says it captured makes the payment CAPTURED; one left pending
     // (a wallet that did not capture it) is captured by run() as a step of its own.
-    if (!automatic || hold?.status !== HoldStatus.CAPTURED) return this.store.transition(p, authorized);
+    if (!automatic || hold?.status !== HoldStatus.CAPTURED) return this.store.transition(p, authorized, { complete });
     const captured = { capturedMinor: p.amountMinor, settlementCapturedMinor: hold.capturedDestinationAmount!.amountMinor };
-    return this.store.transition(p, [authorized, { to: "CAPTURED", event: "payment.captured", patch: captured }]);
+    return this.store.transition(p, [authorized, { to: "CAPTURED", event: "payment.captured", patch: captured }], { complete });
   }
 
   /** Captures `amountMinor` (all when undefined) of an authorized payment; the rest of the hold is released. */
-  async capture(p: PaymentRecord, amountMinor: bigint | undefined, call: CallOptions): Promise<PaymentRecord> {
+  async capture(p: PaymentRecord, amountMinor: bigint | undefined, call: CallOptions, complete?: KeyCompletion): Promise<PaymentRecord> {
     const captured = amountMinor ?? p.amountMinor;
     let hold;
     try {
@@ -172,22 +183,24 @@ export class Saga {
       if (!(err instanceof ConnectError) || isTransient(err)) throw err;
       const reason = reasonOf(err);
       // The hold is gone (expired or released): nothing to undo, the authorization lapsed.
-      if (reason === "HOLD_EXPIRED" || reason === "HOLD_RELEASED") return this.store.transition(p, { to: "CANCELED", event: "payment.canceled", patch: { failureReason: "AUTHORIZATION_EXPIRED", failureMessage: err.rawMessage } });
+      if (reason === "HOLD_EXPIRED" || reason === "HOLD_RELEASED") {
+        return this.store.transition(p, { to: "CANCELED", event: "payment.canceled", patch: { failureReason: "AUTHORIZATION_EXPIRED", failureMessage: err.rawMessage } }, { complete });
+      }
       if (p.captureMethod === "MANUAL") throw err; // e.g. more than authorized: the caller's mistake, payment unchanged
       await step("wallet_release", p, () => this.up.wallet.release({ holdId: p.id }, call));
-      return this.store.transition(p, { to: "FAILED", event: "payment.failed", patch: { failureReason: reason, failureMessage: err.rawMessage } });
+      return this.store.transition(p, { to: "FAILED", event: "payment.failed", patch: { failureReason: reason, failureMessage: err.rawMessage } }, { complete });
     }
     const settlementCaptured = hold!.capturedDestinationAmount?.amountMinor ?? 0n;
-    return this.store.transition(p, { to: "CAPTURED", event: "payment.captured", patch: { capturedMinor: captured, settlementCapturedMinor: settlementCaptured } });
+    return this.store.transition(p, { to: "CAPTURED", event: "payment.captured", patch: { capturedMinor: captured, settlementCapturedMinor: settlementCaptured } }, { complete });
   }
 
   /** Ends a payment FAILED for an upstream's permanent refusal, before any money moved. */
-  private refused(p: PaymentRecord, err: ConnectError, facts: PaymentPatch): Promise<PaymentRecord> {
-    return this.fail(p, reasonOf(err), err.rawMessage, facts);
+  private refused(p: PaymentRecord, err: ConnectError, facts: PaymentPatch, complete: KeyCompletion | undefined): Promise<PaymentRecord> {
+    return this.fail(p, reasonOf(err), err.rawMessage, facts, complete);
   }
 
   /** Ends a payment FAILED before any hold was placed (nothing to undo), with the saga facts gathered so far. */
-  private async fail(p: PaymentRecord, reason: string, message: string, facts: PaymentPatch): Promise<PaymentRecord> {
-    return this.store.transition(p, { to: "FAILED", event: "payment.failed", patch: { ...facts, failureReason: reason, failureMessage: message } });
+  private async fail(p: PaymentRecord, reason: string, message: string, facts: PaymentPatch, complete: KeyCompletion | undefined): Promise<PaymentRecord> {
+    return this.store.transition(p, { to: "FAILED", event: "payment.failed", patch: { ...facts, failureReason: reason, failureMessage: message } }, { complete });
   }
 }

@@ -1,6 +1,6 @@
 // PaymentsService: validation, idempotency, the saga, and the payment streams.
 import { createHash } from "node:crypto";
-import { create, fromBinary } from "@bufbuild/protobuf";
+import { create, fromBinary, toBinary, type DescMessage, type MessageShape } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, type Client, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
 import {
@@ -24,12 +24,12 @@ import { convertMinor } from "../fx/conversion.js";
 import { currencyInfo } from "../runtime/money.js";
 import type { EventFeed } from "./events.js";
 import { IDEMPOTENCY_HEADER, REPLAYED_HEADER } from "../runtime/headers.js";
-import type { IdempotencyKeys } from "./idempotency.js";
+import type { ClaimedKey, IdempotencyKeys } from "./idempotency.js";
 import { recordReplay } from "./metrics.js";
 import type { AccountDirectory } from "./accounts.js";
 import { isFinal, paymentMessage, resumable, statusFromProto, type PaymentRecord } from "./payment.js";
 import { reasonOf, type Saga } from "./saga.js";
-import type { PaymentStore } from "./store.js";
+import type { KeyCompletion, PaymentStore } from "./store.js";
 
 export interface PaymentsDeps {
   store: PaymentStore;
@@ -54,7 +54,13 @@ export function paymentsService(deps: PaymentsDeps): ServiceImpl<typeof Payments
   const call = (ctx: HandlerContext) => downstream(ctx, deps.upstreamTimeoutMs);
 
   /** Runs a write under the request's Idempotency-Key, marking replays in a response header. */
-  async function idempotent<R>(ctx: HandlerContext, merchantId: string, request: unknown, schema: Parameters<IdempotencyKeys["run"]>[3], fn: (scope: string | undefined) => Promise<R>): Promise<R> {
+  async function idempotent<R>(
+    ctx: HandlerContext,
+    merchantId: string,
+    request: unknown,
+    schema: Parameters<IdempotencyKeys["run"]>[3],
+    fn: (scope: string | undefined, claimed: ClaimedKey | undefined) => Promise<R>,
+  ): Promise<R> {
     const key = ctx.requestHeader.get(IDEMPOTENCY_HEADER) ?? "";
     const { response, replayed } = await keys.run(merchantId, key, request, schema, fn as never);
     if (replayed) {
@@ -62,6 +68,11 @@ export function paymentsService(deps: PaymentsDeps): ServiceImpl<typeof Payments
       recordReplay(ctx.method.name);
     }
     return response as R;
+  }
+
+  /** Lets the write that ends a request store its response under the request's key (see PaymentStore.transition). */
+  function completion<S extends DescMessage>(claimed: ClaimedKey | undefined, schema: S, response: (moved: PaymentRecord) => MessageShape<S>): KeyCompletion | undefined {
+    return claimed && { key: claimed, response: (moved) => toBinary(schema, response(moved)) };
   }
 
   /** An account from the wallet, as a payment sees it (the field named is the payment's). */
@@ -114,7 +125,7 @@ export function paymentsService(deps: PaymentsDeps): ServiceImpl<typeof Payments
       const manual = req.captureMethod === CaptureMethod.MANUAL;
       const fingerprint = ["create", req.sourceAccountId, req.destinationAccountId, amount, req.settlementCurrency, manual, req.merchantReference, metadata];
 
-      return idempotent(ctx, merchantId, fingerprint, CreatePaymentResponseSchema, async (scope) => {
+      return idempotent(ctx, merchantId, fingerprint, CreatePaymentResponseSchema, async (scope, claimed) => {
         // Under an Idempotency-Key the payment id comes from the key's scope: a retry taking
         // over from an attempt whose process died finds that attempt's payment and finishes
         // it, instead of paying a second time.
@@ -162,15 +173,16 @@ export function paymentsService(deps: PaymentsDeps): ServiceImpl<typeof Payments
           deps.leaseMs,
         );
         // Only under a key can the id exist already: an earlier attempt's payment.
-        if (!created) return create(CreatePaymentResponseSchema, { payment: paymentMessage(await resume(await store.get(id), ctx)) });
+        const response = (moved: PaymentRecord) => create(CreatePaymentResponseSchema, { payment: paymentMessage(moved) });
+        if (!created) return response(await resume(await store.get(id), ctx));
         let p = created;
         try {
-          p = await saga.run(p, call(ctx));
+          p = await saga.run(p, call(ctx), completion(claimed, CreatePaymentResponseSchema, response));
         } finally {
           // A payment that left the resumable states dropped its lease as it moved.
           if (resumable(p)) await store.releaseLease(p.id, deps.instanceId);
         }
-        return create(CreatePaymentResponseSchema, { payment: paymentMessage(p) });
+        return response(p);
       });
     },
 
@@ -191,21 +203,22 @@ export function paymentsService(deps: PaymentsDeps): ServiceImpl<typeof Payments
       const id = requirePaymentId(req.paymentId);
       const requested = req.amount ? readMoney(req.amount, "amount") : undefined;
       if (requested) requirePositive(requested.amountMinor, "amount");
-      return idempotent(ctx, merchantId, ["capture", id, requested], CapturePaymentResponseSchema, async () => {
+      return idempotent(ctx, merchantId, ["capture", id, requested], CapturePaymentResponseSchema, async (_scope, claimed) => {
         const p = await store.get(id, merchantId);
         requireStatus(p, ["AUTHORIZED"], "captured");
         if (requested && requested.currency !== p.currency) throw invalidArgument("CURRENCY_MISMATCH", "amount.currency", `amount.currency: payment ${p.id} is in ${p.currency}, not ${requested.currency}`);
         if (requested && requested.amountMinor > p.amountMinor) {
           throw failedPrecondition("CAPTURE_EXCEEDS_AUTHORIZED", `amount: ${requested.amountMinor} is more than the ${p.amountMinor} minor units authorized`, "amount");
         }
-        return create(CapturePaymentResponseSchema, { payment: paymentMessage(await saga.capture(p, requested?.amountMinor, call(ctx))) });
+        const response = (moved: PaymentRecord) => create(CapturePaymentResponseSchema, { payment: paymentMessage(moved) });
+        return response(await saga.capture(p, requested?.amountMinor, call(ctx), completion(claimed, CapturePaymentResponseSchema, response)));
       });
     },
 
     async cancelPayment(req, ctx) {
       const merchantId = requireMerchant(req.merchantId);
       const id = requirePaymentId(req.paymentId);
-      return idempotent(ctx, merchantId, ["cancel", id, req.reason], CancelPaymentResponseSchema, async () => {
+      return idempotent(ctx, merchantId, ["cancel", id, req.reason], CancelPaymentResponseSchema, async (_scope, claimed) => {
         const p = await store.get(id, merchantId);
         requireStatus(p, ["AUTHORIZED"], "canceled");
         try {
@@ -214,8 +227,9 @@ export function paymentsService(deps: PaymentsDeps): ServiceImpl<typeof Payments
           // An expired hold is already released: canceling finishes what expiry began.
           if (!(err instanceof ConnectError) || reasonOf(err) !== "HOLD_EXPIRED") throw err;
         }
-        const canceled = await store.transition(p, { to: "CANCELED", event: "payment.canceled", patch: { failureMessage: req.reason } });
-        return create(CancelPaymentResponseSchema, { payment: paymentMessage(canceled) });
+        const response = (moved: PaymentRecord) => create(CancelPaymentResponseSchema, { payment: paymentMessage(moved) });
+        const complete = completion(claimed, CancelPaymentResponseSchema, response);
+        return response(await store.transition(p, { to: "CANCELED", event: "payment.canceled", patch: { failureMessage: req.reason } }, { complete }));
       });
     },
 
@@ -224,7 +238,7 @@ export function paymentsService(deps: PaymentsDeps): ServiceImpl<typeof Payments
       const id = requirePaymentId(req.paymentId);
       const requested = req.amount ? readMoney(req.amount, "amount") : undefined;
       if (requested) requirePositive(requested.amountMinor, "amount");
-      return idempotent(ctx, merchantId, ["refund", id, requested, req.reason], RefundPaymentResponseSchema, async () => {
+      return idempotent(ctx, merchantId, ["refund", id, requested, req.reason], RefundPaymentResponseSchema, async (_scope, claimed) => {
         const p = await store.get(id, merchantId);
         requireStatus(p, ["CAPTURED", "PARTIALLY_REFUNDED"], "refunded");
         if (requested && requested.currency !== p.currency) throw invalidArgument("CURRENCY_MISMATCH", "amount.currency", `amount.currency: payment ${p.id} is in ${p.currency}, not ${requested.currency}`);
@@ -247,6 +261,18 @@ export function paymentsService(deps: PaymentsDeps): ServiceImpl<typeof Payments
           call(ctx),
         );
         const refund = { id: refundId, paymentId: p.id, amountMinor, settlementMinor, reason: req.reason, createdAt: deps.now() };
+        const response = (moved: PaymentRecord) =>
+          create(RefundPaymentResponseSchema, {
+            payment: paymentMessage(moved),
+            refund: create(RefundSchema, {
+              id: refund.id,
+              paymentId: p.id,
+              amount: money(p.currency, amountMinor),
+              settlementAmount: money(p.settlementCurrency, settlementMinor),
+              reason: refund.reason,
+              createdAt: timestampFromDate(refund.createdAt),
+            }),
+          });
         // At the version read above: a concurrent refund in between makes this one ABORTED.
         const refunded = await store.transition(
           p,
@@ -255,19 +281,9 @@ export function paymentsService(deps: PaymentsDeps): ServiceImpl<typeof Payments
             event: "payment.refunded",
             patch: { refundedMinor: p.refundedMinor + amountMinor, settlementRefundedMinor: p.settlementRefundedMinor + settlementMinor },
           },
-          (tx) => store.insertRefund(tx, refund),
+          { also: (tx) => store.insertRefund(tx, refund), complete: completion(claimed, RefundPaymentResponseSchema, response) },
         );
-        return create(RefundPaymentResponseSchema, {
-          payment: paymentMessage(refunded),
-          refund: create(RefundSchema, {
-            id: refund.id,
-            paymentId: p.id,
-            amount: money(p.currency, amountMinor),
-            settlementAmount: money(p.settlementCurrency, settlementMinor),
-            reason: refund.reason,
-            createdAt: timestampFromDate(refund.createdAt),
-          }),
-        });
+        return response(refunded);
       });
     },
 

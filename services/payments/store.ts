@@ -5,8 +5,15 @@ import { PaymentSchema } from "../gen/paygate/payments/v1/payments_pb.js";
 import type { Database, Queryable } from "../runtime/db.js";
 import { DomainError, failedPrecondition, invalidArgument, notFound } from "../runtime/errors.js";
 import { newId } from "../runtime/ids.js";
+import type { ClaimedKey } from "./idempotency.js";
 import { recordStatus } from "./metrics.js";
 import { paymentMessage, resumable, TRANSITIONS, type PaymentRecord, type Status } from "./payment.js";
+
+/** An idempotency key whose response a payment's final write stores, and that response given the payment as written. */
+export interface KeyCompletion {
+  key: ClaimedKey;
+  response: (p: PaymentRecord) => Uint8Array;
+}
 
 interface PaymentRow {
   id: string;
@@ -159,29 +166,17 @@ export class PaymentStore {
     return rows[0] && fromRow(rows[0]);
   }
 
-  /** Saves saga facts (risk decision, fx quote) without a state change. */
-  async patch(p: PaymentRecord, patch: PaymentPatch): Promise<PaymentRecord> {
-    const next: PaymentRecord = { ...p, ...patch, version: p.version + 1n, updatedAt: this.now() };
-    const { sets, values } = assignments(patch, 4);
-    const { rowCount } = await this.db.query(`UPDATE payments SET ${[...sets, "version = version + 1", "updated_at = $3"].join(", ")} WHERE id = $1 AND version = $2`, [
-      p.id,
-      p.version,
-      next.updatedAt,
-      ...values,
-    ]);
-    if (rowCount === 0) throw concurrentUpdate(p.id);
-    return next;
-  }
-
   /**
    * Moves payment `p` (as read, at its version) along `steps`, each a legal transition with
    * its event and the fields it sets, in one statement that also records the events; runs
    * `also` in the same transaction when given (e.g. inserting a refund). Leaving the states
    * the recovery sweep resumes also drops the saga's lease. A payment changed since it was
    * read is ABORTED CONCURRENT_UPDATE, or FAILED_PRECONDITION when its state no longer leads
-   * to the first step.
+   * to the first step. With `complete`, a move that leaves the payment where the request's
+   * work ends (not resumable) also stores the request's response under its idempotency key.
    */
-  async transition(p: PaymentRecord, steps: Step | Step[], also?: (tx: Queryable, moved: PaymentRecord) => Promise<void>): Promise<PaymentRecord> {
+  async transition(p: PaymentRecord, steps: Step | Step[], opts: { also?: (tx: Queryable, moved: PaymentRecord) => Promise<void>; complete?: KeyCompletion | undefined } = {}): Promise<PaymentRecord> {
+    const { also, complete } = opts;
     const path = Array.isArray(steps) ? steps : [steps];
     const now = this.now();
     // What the payment looks like after each step: the snapshots its events carry.
@@ -198,18 +193,24 @@ export class PaymentStore {
     const { sets, values } = assignments(patch, 5 + 3 * path.length);
     if (!resumable(current)) sets.push("lease_owner = NULL", "lease_until = NULL");
     const events = path.map((_step, i) => `($${5 + 3 * i}::text, $${6 + 3 * i}::text, $${7 + 3 * i}::bytea, ${i})`);
+    const params: unknown[] = [p.id, p.version, current.status, now, ...path.flatMap((step, i) => [newId("evt"), step.event, toBinary(PaymentSchema, paymentMessage(snapshots[i]!))]), ...values];
+    const completing = complete && !resumable(current) ? complete : undefined;
+    const done = completing
+      ? `, done AS (UPDATE idempotency_keys SET response = $${params.push(completing.response(current))}, locked_until = NULL
+          WHERE merchant_id = $${params.push(completing.key.merchantId)} AND key = $${params.push(completing.key.key)} AND EXISTS (SELECT 1 FROM moved))`
+      : "";
     const sql = `WITH moved AS (
         UPDATE payments SET ${["status = $3", "version = version + 1", "updated_at = $4", ...sets].join(", ")}
-        WHERE id = $1 AND version = $2 RETURNING merchant_id)
+        WHERE id = $1 AND version = $2 RETURNING merchant_id)${done}
       INSERT INTO payment_events (id, merchant_id, payment_id, type, payment, occurred_at)
       SELECT e.id, moved.merchant_id, $1, e.type, e.payment, $4 FROM moved, (VALUES ${events.join(", ")}) AS e(id, type, payment, n) ORDER BY e.n`;
-    const params = [p.id, p.version, current.status, now, ...path.flatMap((step, i) => [newId("evt"), step.event, toBinary(PaymentSchema, paymentMessage(snapshots[i]!))]), ...values];
     const write = async (q: Queryable) => {
       const { rowCount } = await q.query(sql, params);
       if (rowCount === 0) await this.explainMiss(q, p, path[0]!.to);
       await also?.(q, current);
     };
     await (also ? this.db.transaction(write) : write(this.db));
+    if (completing) completing.key.responseStored = true;
     this.onEvents();
     for (const snapshot of snapshots) recordStatus(snapshot, snapshot === current ? p.refundedMinor : undefined);
     return current;

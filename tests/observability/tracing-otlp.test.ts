@@ -262,10 +262,12 @@ describe("tracing configured by OTEL_* variables (a real fx process)", () => {
     }
     expect([...spansByService.keys()].sort()).toEqual(["fx", "gateway", "payments", "risk", "wallet"]);
     expect(spansByService.get("gateway")).toContain("paygate.payments.v1.PaymentsService/CreatePayment");
-    expect(spansByService.get("payments")).toEqual(expect.arrayContaining(["saga.run", "saga.risk", "saga.fx_quote", "saga.fx_use", "saga.wallet_reserve_capture", "db.query"]));
-    expect(spansByService.get("risk")).toContain("paygate.risk.v1.RiskService/Score");
-    expect(spansByService.get("fx")).toEqual(expect.arrayContaining(["paygate.fx.v1.FxService/CreateQuote", "paygate.fx.v1.FxService/Convert"]));
-    expect(spansByService.get("wallet")).toEqual(expect.arrayContaining(["paygate.wallet.v1.WalletService/Reserve", "db.transaction"]));
+    expect(spansByService.get("payments")).toEqual(expect.arrayContaining(["saga.run", "saga.risk", "saga.fx_quote", "saga.wallet_reserve_capture", "db.query"]));
+    expect(spansByService.get("risk")).toEqual(expect.arrayContaining(["paygate.risk.v1.RiskService/Score", "db.query"]));
+    expect(spansByService.get("fx")).toEqual(expect.arrayContaining(["paygate.fx.v1.FxService/CreateQuote", "db.query"]));
+    expect(spansByService.get("wallet")).toContain("paygate.wallet.v1.WalletService/Reserve");
+    // The hold in one statement, or (first use of a currency pair) in a transaction.
+    expect(spansByService.get("wallet")!.some((name) => name === "db.query" || name === "db.transaction")).toBe(true);
     expect(receiver.posts.map((p) => p.body.toString("utf8")).join("")).not.toContain(ACME.apiKey);
   });
 

@@ -159,7 +159,7 @@ describe.each(storageBackends())("one trace per payment ($name)", (backend) => {
     const services = new Set(servers.map((s) => serverOf(s, t)));
     for (const svc of ["gateway", "payments", "risk", "fx", "wallet"]) expect(services, `a SERVER span of ${svc}`).toContain(svc);
     const names = new Set(servers.map((s) => s.name));
-    for (const n of [`${PAYMENTS}/CreatePayment`, `${RISK}/Score`, `${FX}/CreateQuote`, `${FX}/Convert`, `${WALLET}/Reserve`]) expect(names).toContain(n);
+    for (const n of [`${PAYMENTS}/CreatePayment`, `${RISK}/Score`, `${FX}/CreateQuote`, `${WALLET}/Reserve`]) expect(names).toContain(n);
     expect(t.named(`${PAYMENTS}/CreatePayment`, SpanKind.SERVER)).toHaveLength(2); // gateway and payments
 
     // Every hop: a SERVER span's parent is a CLIENT span of the same RPC (carried by
@@ -192,7 +192,6 @@ describe.each(storageBackends())("one trace per payment ($name)", (backend) => {
     const steps: [string, string][] = [
       ["saga.risk", `${RISK}/Score`],
       ["saga.fx_quote", `${FX}/CreateQuote`],
-      ["saga.fx_use", `${FX}/Convert`],
       ["saga.wallet_reserve_capture", `${WALLET}/Reserve`],
     ];
     for (const [name, rpc] of steps) {

@@ -477,6 +477,22 @@ describe("CreateQuote", () => {
     expect(timestampDate(subSecond.quote!.expiresAt!).getTime()).toBe(T0 + 1234 + 250);
   });
 
+  it("with use_reference the quote is made already used by it; the same request again returns that quote, another is ALREADY_EXISTS", async () => {
+    const reference = `pay_${Math.random().toString(36).slice(2)}`;
+    const { quote } = await client.createQuote({ source: usd(42_00n), toCurrency: "JPY", useReference: reference });
+    expect(quote).toMatchObject({ status: QuoteStatus.USED, usedReference: reference });
+    expect(timestampDate(quote!.usedAt!).getTime()).toBe(nowMs);
+    // Later (the quote's ttl long past, the market moved on), a retry gets the same quote.
+    nowMs += MAX_TTL_MS + 60_000;
+    const again = await client.createQuote({ source: usd(42_00n), toCurrency: "JPY", useReference: reference });
+    expect(again.quote).toEqual(quote);
+    expect((await client.getQuote({ quoteId: quote!.id })).quote).toEqual(quote);
+    // It is used: Convert with it for another reference is refused.
+    await expectFxError(client.convert({ quoteId: quote!.id, reference: "someone else" }), Code.FailedPrecondition, "QUOTE_ALREADY_USED", "quote_id");
+    await expectFxError(client.createQuote({ source: usd(42_01n), toCurrency: "JPY", useReference: reference }), Code.AlreadyExists, "QUOTE_REFERENCE_REUSED", "use_reference");
+    await expectFxError(client.createQuote({ source: usd(42_00n), toCurrency: "EUR", useReference: reference }), Code.AlreadyExists, "QUOTE_REFERENCE_REUSED", "use_reference");
+  });
+
   it.each([
     ["too long", seconds(MAX_TTL_MS / 1000 + 1)],
     ["zero", seconds(0)],

@@ -1,12 +1,13 @@
 // The saga against scripted upstreams (risk, fx, wallet) and a real payments store: what it
 // makes of answers the real services rarely give — a wallet that leaves an automatic
-// payment's hold pending, a permanent refusal from risk or fx — and that nothing moves then.
+// payment's hold pending, a permanent refusal from risk or fx — and that nothing moves then;
+// and which fx calls a cross-currency payment makes.
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { fileURLToPath } from "node:url";
 import { create } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, type Client } from "@connectrpc/connect";
-import type { FxService } from "../../services/gen/paygate/fx/v1/fx_pb.js";
+import { QuoteSchema, type FxService } from "../../services/gen/paygate/fx/v1/fx_pb.js";
 import { DecisionSchema, Outcome, type RiskService } from "../../services/gen/paygate/risk/v1/risk_pb.js";
 import { AccountSchema, HoldSchema, HoldStatus, type WalletService } from "../../services/gen/paygate/wallet/v1/wallet_pb.js";
 import { ErrorDetailSchema } from "../../services/gen/paygate/common/v1/common_pb.js";
@@ -47,8 +48,8 @@ const wallet = {
     calls.push("wallet.getAccount");
     return { account: create(AccountSchema, { id: req.accountId, ownerId: "m_test", currency: "USD", createdAt: timestampFromDate(new Date(0)) }) };
   },
-  async reserve(req: { capture: boolean; amount?: { amountMinor: bigint } }) {
-    calls.push(`wallet.reserve(capture=${req.capture})`);
+  async reserve(req: { capture: boolean; amount?: { amountMinor: bigint }; fx?: { rate: string; quoteId: string } }) {
+    calls.push(`wallet.reserve(capture=${req.capture}${req.fx ? `, fx=${req.fx.quoteId}@${req.fx.rate}` : ""})`);
     // A wallet that ignores `capture` leaves the hold pending.
     return { hold: hold(req.capture && walletCaptures ? HoldStatus.CAPTURED : HoldStatus.PENDING, req.amount!.amountMinor) };
   },
@@ -71,10 +72,14 @@ const risk = {
 } as unknown as Client<typeof RiskService>;
 
 const fx = {
-  async createQuote() {
-    calls.push("fx.createQuote");
+  async createQuote(req: { toCurrency: string; useReference: string }) {
+    calls.push(`fx.createQuote(use_reference=${req.useReference})`);
     if (quoteRefusal) throw quoteRefusal;
-    throw new Error("not scripted");
+    return { quote: create(QuoteSchema, { id: "qt_saga", rate: "150.25", converted: money(req.toCurrency, 150_25n), usedReference: req.useReference }) };
+  },
+  async convert(req: { quoteId: string; reference: string }) {
+    calls.push(`fx.convert(${req.quoteId}, reference=${req.reference})`);
+    return {};
   },
 } as unknown as Client<typeof FxService>;
 
@@ -138,6 +143,19 @@ describe("saga against scripted upstreams", () => {
     } finally {
       quoteRefusal = undefined;
     }
+  });
+
+  it("a cross-currency payment makes and uses its quote in one fx call, places the hold on its terms and stores them with the outcome", async () => {
+    const p = await saga.run(await start({ settlementCurrency: "JPY", settlementMinor: null }), {});
+    expect(p).toMatchObject({ status: "CAPTURED", fxQuoteId: "qt_saga", fxRate: "150.25", settlementMinor: 150_25n, riskDecisionId: "rd_saga" });
+    expect(calls.filter((c) => c.startsWith("fx.") || c.startsWith("wallet.reserve"))).toEqual([`fx.createQuote(use_reference=${p.id})`, "wallet.reserve(capture=true, fx=qt_saga@150.25)"]);
+    expect(await events(p.id)).toEqual(["payment.created", "payment.authorized", "payment.captured"]);
+  });
+
+  it("a payment whose quote an earlier version stored uses that quote (Convert for the payment) and places the hold on its terms", async () => {
+    const p = await saga.run(await start({ settlementCurrency: "JPY", settlementMinor: 149_00n, fxQuoteId: "qt_earlier", fxRate: "149" }), {});
+    expect(p).toMatchObject({ status: "CAPTURED", fxQuoteId: "qt_earlier", fxRate: "149", settlementMinor: 149_00n });
+    expect(calls.filter((c) => c.startsWith("fx.") || c.startsWith("wallet.reserve"))).toEqual([`fx.convert(qt_earlier, reference=${p.id})`, "wallet.reserve(capture=true, fx=qt_earlier@149)"]);
   });
 
   it("a transient failure leaves the payment PENDING for the recovery sweep", async () => {

@@ -10,6 +10,7 @@ import { DomainError } from "../../services/runtime/errors.js";
 import type { Database } from "../../services/runtime/db.js";
 import { migrate } from "../../services/runtime/migrate.js";
 import { paymentRecord as payment } from "../support/payments.js";
+import type { PaymentRecord } from "../../services/payments/payment.js";
 import { PaymentStore } from "../../services/payments/store.js";
 import { storageBackends, testDatabases } from "../support/postgres.js";
 
@@ -78,11 +79,12 @@ describe.each(storageBackends())("payments store on $name", (backend) => {
 
   it("a write from a stale copy changes nothing: ABORTED CONCURRENT_UPDATE while the state still allows the step, ILLEGAL_TRANSITION once it does not", async () => {
     const p = (await store.create(payment({ captureMethod: "MANUAL" }), "me", LEASE_MS))!;
-    const patched = await store.patch(p, { riskDecisionId: "rd_2", riskScore: 3 });
+    // Another writer changes the payment without moving it (as a replica's write would).
+    await db.query("UPDATE payments SET risk_score = 3, version = version + 1 WHERE id = $1", [p.id]);
+    const patched = await store.get(p.id);
     expect(patched.version).toBe(1n);
     const stale = await rejection(store.transition(p, { to: "AUTHORIZED", event: "payment.authorized" }));
     expect([stale.kind, stale.reason]).toEqual(["aborted", "CONCURRENT_UPDATE"]);
-    expect((await rejection(store.patch(p, { riskScore: 9 }))).reason).toBe("CONCURRENT_UPDATE");
     const authorized = await store.transition(patched, { to: "AUTHORIZED", event: "payment.authorized" });
     const late = await rejection(store.transition(patched, { to: "AUTHORIZED", event: "payment.authorized" }));
     expect([late.kind, late.reason, late.metadata]).toEqual(["failed_precondition", "ILLEGAL_TRANSITION", { status: "AUTHORIZED" }]);
@@ -99,10 +101,35 @@ describe.each(storageBackends())("payments store on $name", (backend) => {
     expect([missing.kind, missing.reason]).toEqual(["not_found", "PAYMENT_NOT_FOUND"]);
   });
 
+  it("stores a request's response under its key in the write that ends the request's work, and only then", async () => {
+    const key = async (k: string) =>
+      (await db.query<{ response: Uint8Array | null; locked_until: Date | null }>("SELECT response, locked_until FROM idempotency_keys WHERE merchant_id = 'm' AND key = $1", [k])).rows[0];
+    const claim = async (k: string) => {
+      await db.query("INSERT INTO idempotency_keys (merchant_id, key, request_hash, locked_until, created_at, expires_at) VALUES ('m', $1, 'h', now() + interval '1 minute', now(), now() + interval '1 day')", [k]);
+      return { key: { merchantId: "m", key: k, responseStored: false }, response: (moved: PaymentRecord) => new TextEncoder().encode(`${moved.id} ${moved.status}`) };
+    };
+    // A step that leaves the payment resumable (automatic capture, AUTHORIZED) does not end the work.
+    const p = (await store.create(payment(), "me", LEASE_MS))!;
+    const authorizing = await claim("k1");
+    const authorized = await store.transition(p, { to: "AUTHORIZED", event: "payment.authorized" }, { complete: authorizing });
+    expect(authorizing.key.responseStored).toBe(false);
+    expect((await key("k1"))?.response).toBeNull();
+    const capturing = await claim("k2");
+    // A stale copy moves nothing and completes nothing.
+    await rejection(store.transition(p, { to: "FAILED", event: "payment.failed" }, { complete: capturing }));
+    expect(capturing.key.responseStored).toBe(false);
+    expect((await key("k2"))?.response).toBeNull();
+    await store.transition(authorized, { to: "CAPTURED", event: "payment.captured", patch: { capturedMinor: 1_00n, settlementCapturedMinor: 1_00n } }, { complete: capturing });
+    expect(capturing.key.responseStored).toBe(true);
+    const stored = await key("k2");
+    expect(new TextDecoder().decode(stored!.response!)).toBe(`${p.id} CAPTURED`);
+    expect(stored!.locked_until).toBeNull();
+  });
+
   it("runs `also` in the same transaction: when it throws, the step and its event are rolled back", async () => {
     const p = (await store.create(payment(), "me", LEASE_MS))!;
     const boom = new Error("boom");
-    await expect(store.transition(p, { to: "FAILED", event: "payment.failed" }, async () => Promise.reject(boom))).rejects.toBe(boom);
+    await expect(store.transition(p, { to: "FAILED", event: "payment.failed" }, { also: async () => Promise.reject(boom) })).rejects.toBe(boom);
     expect(await store.get(p.id)).toEqual(p);
     expect((await events(p.id)).map((e) => e.type)).toEqual(["payment.created"]);
   });
