@@ -36,6 +36,13 @@ export interface ClaimedKey {
   responseStored: boolean;
 }
 
+/**
+ * A request's first write, made in the claim's own statement when the key is new: CTEs given
+ * the scope a new key gets, the number of their first parameter and the FROM clause yielding
+ * one row exactly when the key is new; the CTE named `first` yields a row when it wrote.
+ */
+export type FirstWrite = (scope: string, firstParam: number, from: string) => { ctes: string; params: unknown[] };
+
 export interface IdempotencyOptions {
   /** How long a key is remembered. */
   retentionMs: number;
@@ -63,35 +70,43 @@ export class IdempotencyKeys {
      * `scope` names this use of the key (merchant, key, when first claimed) and stays the
      * same when a retry takes over from an attempt that died; undefined without a key. A
      * write that derives its ids from it finds what the dead attempt already created.
-     * `claimed` is the key (undefined without one), for a write that stores the response.
+     * `claimed` is the key (undefined without one), for a write that stores the response;
+     * `firstWritten` says whether `firstWrite` was made with the claim.
      */
-    fn: (scope: string | undefined, claimed: ClaimedKey | undefined) => Promise<MessageShape<S>>,
+    fn: (scope: string | undefined, claimed: ClaimedKey | undefined, firstWritten: boolean) => Promise<MessageShape<S>>,
+    firstWrite?: FirstWrite,
   ): Promise<{ response: MessageShape<S>; replayed: boolean }> {
-    if (key === "") return { response: await fn(undefined, undefined), replayed: false };
+    if (key === "") return { response: await fn(undefined, undefined, false), replayed: false };
     if (key.length > 255) throw invalidArgument("INVALID_IDEMPOTENCY_KEY", IDEMPOTENCY_HEADER, `${IDEMPOTENCY_HEADER}: at most 255 characters`);
     const hash = createHash("sha256").update(JSON.stringify(request, (_k, v: unknown) => (typeof v === "bigint" ? v.toString() : v))).digest("hex");
     const now = this.opts.now();
     const lockedUntil = new Date(now.getTime() + this.opts.lockMs);
     // Taking over an attempt that died (same request, no result, lock run out) keeps the
     // key's created_at: the scope stays the same. An expired key starts afresh.
-    const claimed = await this.db.query<{ created_at: Date }>(
-      `INSERT INTO idempotency_keys (merchant_id, key, request_hash, locked_until, created_at, expires_at)
-       VALUES ($1, $2, $3, $4, $5, $6)
-       ON CONFLICT (merchant_id, key) DO UPDATE
-         SET request_hash = EXCLUDED.request_hash, response = NULL, error = NULL, locked_until = EXCLUDED.locked_until,
-             created_at = CASE WHEN idempotency_keys.expires_at <= $5 THEN EXCLUDED.created_at ELSE idempotency_keys.created_at END,
-             expires_at = EXCLUDED.expires_at
-         WHERE idempotency_keys.expires_at <= $5
-            OR (idempotency_keys.request_hash = EXCLUDED.request_hash AND idempotency_keys.response IS NULL
-                AND idempotency_keys.error IS NULL AND idempotency_keys.locked_until <= $5)
-       RETURNING created_at`,
-      [merchantId, key, hash, lockedUntil, now, new Date(now.getTime() + this.opts.retentionMs)],
+    const scope = (createdAt: Date) => `${merchantId}\u0000${key}\u0000${createdAt.toISOString()}`;
+    // A new key (or an expired one starting afresh) gets created_at = now ($5): only then is
+    // the first write made, in the scope that key has.
+    const write = firstWrite?.(scope(now), 7, "FROM claim WHERE claim.created_at = $5");
+    const claimed = await this.db.query<{ created_at: Date; first_written: boolean }>(
+      `WITH claim AS (
+         INSERT INTO idempotency_keys (merchant_id, key, request_hash, locked_until, created_at, expires_at)
+         VALUES ($1, $2, $3, $4, $5, $6)
+         ON CONFLICT (merchant_id, key) DO UPDATE
+           SET request_hash = EXCLUDED.request_hash, response = NULL, error = NULL, locked_until = EXCLUDED.locked_until,
+               created_at = CASE WHEN idempotency_keys.expires_at <= $5 THEN EXCLUDED.created_at ELSE idempotency_keys.created_at END,
+               expires_at = EXCLUDED.expires_at
+           WHERE idempotency_keys.expires_at <= $5
+              OR (idempotency_keys.request_hash = EXCLUDED.request_hash AND idempotency_keys.response IS NULL
+                  AND idempotency_keys.error IS NULL AND idempotency_keys.locked_until <= $5)
+         RETURNING created_at)${write ? `, ${write.ctes}` : ""}
+       SELECT created_at, ${write ? "EXISTS (SELECT 1 FROM first)" : "false"} AS first_written FROM claim`,
+      [merchantId, key, hash, lockedUntil, now, new Date(now.getTime() + this.opts.retentionMs), ...(write?.params ?? [])],
     );
     const first = claimed.rows[0];
     if (claimed.rowCount === 0 || !first) return { response: await this.replay(merchantId, key, hash, schema), replayed: true };
     try {
       const claimedKey: ClaimedKey = { merchantId, key, responseStored: false };
-      const response = await fn(`${merchantId}\u0000${key}\u0000${new Date(first.created_at).toISOString()}`, claimedKey);
+      const response = await fn(scope(new Date(first.created_at)), claimedKey, first.first_written);
       if (!claimedKey.responseStored) await this.db.query(COMPLETE, [merchantId, key, toBinary(schema, response)]);
       return { response, replayed: false };
     } catch (err) {

@@ -14,7 +14,7 @@ import {
   RefundSchema,
   type Payment,
 } from "../gen/paygate/payments/v1/payments_pb.js";
-import type { WalletService } from "../gen/paygate/wallet/v1/wallet_pb.js";
+import type { Account as WalletAccount, WalletService } from "../gen/paygate/wallet/v1/wallet_pb.js";
 import { DomainError, failedPrecondition, invalidArgument, notFound } from "../runtime/errors.js";
 import { newId } from "../runtime/ids.js";
 import { money, readMoney, requirePositive } from "../runtime/money.js";
@@ -24,7 +24,7 @@ import { convertMinor } from "../fx/conversion.js";
 import { currencyInfo } from "../runtime/money.js";
 import type { EventFeed } from "./events.js";
 import { IDEMPOTENCY_HEADER, REPLAYED_HEADER } from "../runtime/headers.js";
-import type { ClaimedKey, IdempotencyKeys } from "./idempotency.js";
+import type { ClaimedKey, FirstWrite, IdempotencyKeys } from "./idempotency.js";
 import { recordReplay } from "./metrics.js";
 import type { AccountDirectory } from "./accounts.js";
 import { isFinal, paymentMessage, resumable, statusFromProto, type PaymentRecord } from "./payment.js";
@@ -59,10 +59,11 @@ export function paymentsService(deps: PaymentsDeps): ServiceImpl<typeof Payments
     merchantId: string,
     request: unknown,
     schema: Parameters<IdempotencyKeys["run"]>[3],
-    fn: (scope: string | undefined, claimed: ClaimedKey | undefined) => Promise<R>,
+    fn: (scope: string | undefined, claimed: ClaimedKey | undefined, firstWritten: boolean) => Promise<R>,
+    firstWrite?: FirstWrite,
   ): Promise<R> {
     const key = ctx.requestHeader.get(IDEMPOTENCY_HEADER) ?? "";
-    const { response, replayed } = await keys.run(merchantId, key, request, schema, fn as never);
+    const { response, replayed } = await keys.run(merchantId, key, request, schema, fn as never, firstWrite);
     if (replayed) {
       ctx.responseHeader.set(REPLAYED_HEADER, "true");
       recordReplay(ctx.method.name);
@@ -125,11 +126,10 @@ export function paymentsService(deps: PaymentsDeps): ServiceImpl<typeof Payments
       const manual = req.captureMethod === CaptureMethod.MANUAL;
       const fingerprint = ["create", req.sourceAccountId, req.destinationAccountId, amount, req.settlementCurrency, manual, req.merchantReference, metadata];
 
-      return idempotent(ctx, merchantId, fingerprint, CreatePaymentResponseSchema, async (scope, claimed) => {
-        // Under an Idempotency-Key the payment id comes from the key's scope: a retry taking
-        // over from an attempt whose process died finds that attempt's payment and finishes
-        // it, instead of paying a second time.
-        const id = scope === undefined ? newId("pay") : `pay_${createHash("sha256").update(scope).digest("hex").slice(0, 32)}`;
+      // The accounts are looked up (cached) and checked before the key is claimed, so that a
+      // new payment can be inserted in the claim's own statement; a problem found here is
+      // still answered from inside the keyed run (and replayed under the key like any other).
+      const checked = await (async () => {
         const source = await account(req.sourceAccountId, "source_account_id", ctx);
         // Another merchant's account is reported exactly like a missing one.
         if (source.ownerId !== merchantId) throw notFound("ACCOUNT_NOT_FOUND", `source_account_id: no account ${JSON.stringify(source.id)}`, "source_account_id");
@@ -140,41 +140,66 @@ export function paymentsService(deps: PaymentsDeps): ServiceImpl<typeof Payments
         if (req.settlementCurrency !== "" && req.settlementCurrency !== destination.currency) {
           throw invalidArgument("CURRENCY_MISMATCH", "settlement_currency", `settlement_currency: destination account ${destination.id} holds ${destination.currency}, not ${req.settlementCurrency}`);
         }
+        return { source, destination };
+      })().then(
+        (accounts) => ({ accounts, error: undefined }),
+        (error: unknown) => ({ accounts: undefined, error }),
+      );
+      // Under an Idempotency-Key the payment id comes from the key's scope: a retry taking
+      // over from an attempt whose process died finds that attempt's payment and finishes
+      // it, instead of paying a second time.
+      const idIn = (scope: string | undefined) => (scope === undefined ? newId("pay") : `pay_${createHash("sha256").update(scope).digest("hex").slice(0, 32)}`);
+      const newPayment = (id: string, source: WalletAccount, destination: WalletAccount): PaymentRecord => {
         const now = deps.now();
-        const created = await store.create(
-          {
-            id,
-            merchantId,
-            merchantReference: req.merchantReference,
-            sourceAccountId: source.id,
-            destinationAccountId: destination.id,
-            currency: amount.currency,
-            amountMinor: amount.amountMinor,
-            settlementCurrency: destination.currency,
-            settlementMinor: destination.currency === amount.currency ? amount.amountMinor : null,
-            fxRate: null,
-            fxQuoteId: null,
-            captureMethod: manual ? "MANUAL" : "AUTOMATIC",
-            status: "PENDING",
-            capturedMinor: 0n,
-            settlementCapturedMinor: 0n,
-            refundedMinor: 0n,
-            settlementRefundedMinor: 0n,
-            failureReason: "",
-            failureMessage: "",
-            riskDecisionId: "",
-            riskScore: 0,
-            metadata: Object.fromEntries(metadata),
-            version: 0n,
-            createdAt: now,
-            updatedAt: now,
-          },
-          deps.instanceId,
-          deps.leaseMs,
-        );
-        // Only under a key can the id exist already: an earlier attempt's payment.
+        return {
+          id,
+          merchantId,
+          merchantReference: req.merchantReference,
+          sourceAccountId: source.id,
+          destinationAccountId: destination.id,
+          currency: amount.currency,
+          amountMinor: amount.amountMinor,
+          settlementCurrency: destination.currency,
+          settlementMinor: destination.currency === amount.currency ? amount.amountMinor : null,
+          fxRate: null,
+          fxQuoteId: null,
+          captureMethod: manual ? "MANUAL" : "AUTOMATIC",
+          status: "PENDING",
+          capturedMinor: 0n,
+          settlementCapturedMinor: 0n,
+          refundedMinor: 0n,
+          settlementRefundedMinor: 0n,
+          failureReason: "",
+          failureMessage: "",
+          riskDecisionId: "",
+          riskScore: 0,
+          metadata: Object.fromEntries(metadata),
+          version: 0n,
+          createdAt: now,
+          updatedAt: now,
+        };
+      };
+      let written: PaymentRecord | undefined;
+      const firstWrite: FirstWrite | undefined =
+        checked.accounts &&
+        ((scope, firstParam, from) => {
+          written = newPayment(idIn(scope), checked.accounts.source, checked.accounts.destination);
+          return store.creation(written, deps.instanceId, deps.leaseMs, firstParam, from);
+        });
+
+      return idempotent(ctx, merchantId, fingerprint, CreatePaymentResponseSchema, async (scope, claimed, firstWritten) => {
+        if (!checked.accounts) throw checked.error;
         const response = (moved: PaymentRecord) => create(CreatePaymentResponseSchema, { payment: paymentMessage(moved) });
-        if (!created) return response(await resume(await store.get(id), ctx));
+        let created: PaymentRecord | undefined;
+        if (firstWritten) {
+          created = written!;
+          store.created(created);
+        } else {
+          const fresh = newPayment(idIn(scope), checked.accounts.source, checked.accounts.destination);
+          created = await store.create(fresh, deps.instanceId, deps.leaseMs);
+          // Only under a key can the id exist already: an earlier attempt's payment.
+          if (!created) return response(await resume(await store.get(fresh.id), ctx));
+        }
         let p = created;
         try {
           p = await saga.run(p, call(ctx), completion(claimed, CreatePaymentResponseSchema, response));
@@ -183,7 +208,7 @@ export function paymentsService(deps: PaymentsDeps): ServiceImpl<typeof Payments
           if (resumable(p)) await store.releaseLease(p.id, deps.instanceId);
         }
         return response(p);
-      });
+      }, firstWrite);
     },
 
     async getPayment(req) {

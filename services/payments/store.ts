@@ -128,22 +128,42 @@ export class PaymentStore {
    * statement; undefined when a payment with its id exists already.
    */
   async create(p: PaymentRecord, leaseOwner: string, leaseMs: number): Promise<PaymentRecord | undefined> {
-    const { rowCount } = await this.db.query(
-      `WITH created AS (
+    const { ctes, params } = this.creation(p, leaseOwner, leaseMs, 1, "");
+    const { rowCount } = await this.db.query(`WITH ${ctes} SELECT id FROM first`, params);
+    if (rowCount === 0) return undefined;
+    this.created(p);
+    return p;
+  }
+
+  /**
+   * create() as part of another statement: CTEs (parameters from `firstParam` on) inserting
+   * `p` and its event once per row `from` yields (a FROM clause; "" for once), the one named
+   * `first` yielding its id when inserted. Call created() once that statement inserted it.
+   */
+  creation(p: PaymentRecord, leaseOwner: string, leaseMs: number, firstParam: number, from: string): { ctes: string; params: unknown[] } {
+    const params: unknown[] = [];
+    const $ = (value: unknown, type: string) => `$${firstParam + params.push(value) - 1}::${type}`;
+    const id = $(p.id, "text");
+    const merchant = $(p.merchantId, "text");
+    const at = $(p.createdAt, "timestamptz");
+    const ctes = `first AS (
          INSERT INTO payments (id, merchant_id, merchant_reference, source_account_id, destination_account_id, currency, amount_minor,
            settlement_currency, settlement_minor, capture_method, status, metadata, lease_owner, lease_until, version, created_at, updated_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'PENDING', $11, $12, $13, 0, $14, $14)
-         ON CONFLICT (id) DO NOTHING RETURNING id)
-       INSERT INTO payment_events (id, merchant_id, payment_id, type, payment, occurred_at)
-       SELECT $15, $2, id, 'payment.created', $16, $14 FROM created`,
-      [p.id, p.merchantId, p.merchantReference, p.sourceAccountId, p.destinationAccountId, p.currency, p.amountMinor, p.settlementCurrency,
-        p.settlementMinor, p.captureMethod, JSON.stringify(p.metadata), leaseOwner, new Date(p.createdAt.getTime() + leaseMs), p.createdAt,
-        newId("evt"), toBinary(PaymentSchema, paymentMessage(p))],
-    );
-    if (rowCount === 0) return undefined;
+         SELECT ${id}, ${merchant}, ${$(p.merchantReference, "text")}, ${$(p.sourceAccountId, "text")}, ${$(p.destinationAccountId, "text")},
+           ${$(p.currency, "text")}, ${$(p.amountMinor, "int8")}, ${$(p.settlementCurrency, "text")}, ${$(p.settlementMinor, "int8")},
+           ${$(p.captureMethod, "text")}, 'PENDING', ${$(JSON.stringify(p.metadata), "jsonb")}, ${$(leaseOwner, "text")},
+           ${$(new Date(p.createdAt.getTime() + leaseMs), "timestamptz")}, 0, ${at}, ${at} ${from}
+         ON CONFLICT (id) DO NOTHING RETURNING id),
+       first_event AS (
+         INSERT INTO payment_events (id, merchant_id, payment_id, type, payment, occurred_at)
+         SELECT ${$(newId("evt"), "text")}, ${merchant}, id, 'payment.created', ${$(toBinary(PaymentSchema, paymentMessage(p)), "bytea")}, ${at} FROM first)`;
+    return { ctes, params };
+  }
+
+  /** What follows a new payment's insert: its status counted, event followers woken. */
+  created(p: PaymentRecord): void {
     this.onEvents();
     recordStatus(p);
-    return p;
   }
 
   async get(id: string, merchantId?: string): Promise<PaymentRecord> {

@@ -1,15 +1,18 @@
 // The payments store: state changes at the version read (a stale copy changes nothing),
-// several steps in one write with one event each, the lease dropped when a payment leaves the
-// states the recovery sweep resumes, and — on PostgreSQL, where replicas really run at once —
-// several payments replicas sweeping one database never taking the same payment.
+// several steps in one write with one event each, a new payment inserted with its idempotency
+// key's claim and the response stored with the outcome, the lease dropped when a payment
+// leaves the states the recovery sweep resumes, and — on PostgreSQL, where replicas really
+// run at once — several payments replicas sweeping one database never taking the same payment.
 import { fileURLToPath } from "node:url";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { fromBinary } from "@bufbuild/protobuf";
-import { PaymentSchema, PaymentStatus } from "../../services/gen/paygate/payments/v1/payments_pb.js";
+import { create, fromBinary } from "@bufbuild/protobuf";
+import { Code, ConnectError } from "@connectrpc/connect";
+import { CreatePaymentResponseSchema, PaymentSchema, PaymentStatus } from "../../services/gen/paygate/payments/v1/payments_pb.js";
 import { DomainError } from "../../services/runtime/errors.js";
 import type { Database } from "../../services/runtime/db.js";
 import { migrate } from "../../services/runtime/migrate.js";
 import { paymentRecord as payment } from "../support/payments.js";
+import { IdempotencyKeys, type FirstWrite } from "../../services/payments/idempotency.js";
 import type { PaymentRecord } from "../../services/payments/payment.js";
 import { PaymentStore } from "../../services/payments/store.js";
 import { storageBackends, testDatabases } from "../support/postgres.js";
@@ -124,6 +127,41 @@ describe.each(storageBackends())("payments store on $name", (backend) => {
     const stored = await key("k2");
     expect(new TextDecoder().decode(stored!.response!)).toBe(`${p.id} CAPTURED`);
     expect(stored!.locked_until).toBeNull();
+  });
+
+  it("inserts a new payment in the statement that claims a new idempotency key; a key taken over from a dead attempt does not", async () => {
+    let now = new Date("2031-01-01T00:00:00.000Z");
+    const keys = new IdempotencyKeys(db, { retentionMs: 24 * 3_600_000, lockMs: 1_000, now: () => now });
+    const statements: string[] = [];
+    const counted = new IdempotencyKeys({ ...db, query: (sql, params) => (statements.push(sql), db.query(sql, params)) }, { retentionMs: 24 * 3_600_000, lockMs: 1_000, now: () => now });
+    const key = `k_${Math.random().toString(36).slice(2)}`;
+    let made: PaymentRecord | undefined;
+    const firstWrite: FirstWrite = (scope, firstParam, from) => {
+      made = payment({ id: `pay_${scope.length}_${Math.random().toString(36).slice(2)}` });
+      return store.creation(made, "me", LEASE_MS, firstParam, from);
+    };
+    const seen: { scope: string | undefined; firstWritten: boolean }[] = [];
+    const transient = new ConnectError("upstream down", Code.Unavailable);
+    // A new key: the payment is inserted with the claim, in one statement; the run then fails for now.
+    await expect(
+      counted.run("m", key, { a: 1 }, CreatePaymentResponseSchema, async (scope, _claimed, firstWritten) => {
+        seen.push({ scope, firstWritten });
+        throw transient;
+      }, firstWrite),
+    ).rejects.toBe(transient);
+    expect(statements).toHaveLength(2); // the claim with the insert, then the key unlocked after the failure
+    expect(seen[0]!.firstWritten).toBe(true);
+    expect((await store.get(made!.id)).status).toBe("PENDING");
+    // The retry takes the key over in the same scope: nothing is inserted with the claim.
+    now = new Date(now.getTime() + 1);
+    const first = made!;
+    await keys.run("m", key, { a: 1 }, CreatePaymentResponseSchema, async (scope, _claimed, firstWritten) => {
+      seen.push({ scope, firstWritten });
+      return create(CreatePaymentResponseSchema, {});
+    }, firstWrite);
+    expect(seen[1]).toEqual({ scope: seen[0]!.scope, firstWritten: false });
+    await expect(store.get(made!.id)).rejects.toThrow(/no payment/);
+    expect((await store.get(first.id)).id).toBe(first.id);
   });
 
   it("runs `also` in the same transaction: when it throws, the step and its event are rolled back", async () => {
