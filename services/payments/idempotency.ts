@@ -11,7 +11,7 @@ import { DomainError, invalidArgument, toConnectError } from "../runtime/errors.
 import { IDEMPOTENCY_HEADER } from "../runtime/headers.js";
 
 /** Stores a key's response ($3) and unlocks it. */
-export const COMPLETE = "UPDATE idempotency_keys SET response = $3, locked_until = NULL WHERE merchant_id = $1 AND key = $2";
+const COMPLETE = "UPDATE idempotency_keys SET response = $3, locked_until = NULL WHERE merchant_id = $1 AND key = $2";
 
 /** Errors worth retrying: the key is unlocked so a retry of the same request runs it again. */
 const TRANSIENT = new Set([Code.Unavailable, Code.DeadlineExceeded, Code.Canceled, Code.Internal, Code.Unknown, Code.Aborted, Code.ResourceExhausted]);
