@@ -1,7 +1,9 @@
 // Decisions, persisted. Decisions of one account are recorded one after another, so velocity
 // windows count every earlier payment even when payments arrive concurrently: optimistically
 // (read the facts, record only if no other decision of the account was recorded since), and
-// under a per-account lock when that loses a race.
+// under a per-account lock when that loses a race. What this replica last read or recorded of
+// an account is kept, so its next decision needs no read: recorded only if the account is
+// still at the version kept, it is as exact as one made from a read.
 import { Code, ConnectError } from "@connectrpc/connect";
 import type { Database, Queryable } from "../runtime/db.js";
 import type { Outcome, Reason } from "./rules.js";
@@ -86,7 +88,19 @@ export type ScoringFacts =
 /** Makes a decision from the facts: the earlier one, or a new one to record. */
 export type Decide = (facts: ScoringFacts, now: Date) => { record: DecisionRecord; isNew: boolean };
 
+/** An account's decisions as of `version` (0: none yet): when first seen, and those inside the longest velocity window, oldest first. */
+interface AccountState {
+  version: bigint;
+  firstSeen: Date | undefined;
+  recent: { at: Date; baseMinor: bigint | null; paymentId: string }[];
+}
+
+/** How many accounts' states a store keeps before starting afresh. */
+const STATES_KEPT = 10_000;
+
 export class DecisionStore {
+  private readonly states = new Map<string, AccountState>();
+
   constructor(private readonly db: Database) {}
 
   async byId(id: string): Promise<DecisionRecord | undefined> {
@@ -98,29 +112,68 @@ export class DecisionStore {
   }
 
   /**
-   * Decides for a payment of `accountId` and records a new decision: reads the facts, decides,
-   * and records unless another decision of the account was recorded since the read (two
-   * statements, no transaction). Losing that race it tries again holding the account's lock,
-   * where only lock-free attempts already under way can still come between.
+   * Decides for a payment of `accountId` and records a new decision: from the account's state
+   * kept from this store's last read or record of it when there is one (one statement), else
+   * reads the facts, decides, and records (two statements, no transaction). A decision is
+   * recorded only if no other decision of the account was recorded since its facts; losing
+   * that race it is made again from a read, holding the account's lock, where only lock-free
+   * attempts already under way can still come between.
    */
   async score(paymentId: string, accountId: string, now: () => Date, since: (now: Date) => Date[], decide: Decide): Promise<{ record: DecisionRecord; isNew: boolean }> {
-    const attempt = async (q: Queryable) => {
+    const kept = this.states.get(accountId);
+    // A payment among the kept decisions is a retry: the read finds its decision.
+    if (kept && !kept.recent.some((d) => d.paymentId === paymentId)) {
       const at = now();
-      const read = await facts(q, paymentId, accountId, at, since(at));
+      const windows = since(at);
+      const decided = decide({ earlier: undefined, firstSeen: kept.firstSeen ?? at, windows: countWindows(kept.recent, windows) }, at);
+      if (await this.record(this.db, accountId, kept, decided.record, windows, true)) return decided;
+    }
+    this.states.delete(accountId);
+    // Inside the locked transaction nothing is kept: it is not committed when recorded.
+    const attempt = async (q: Queryable, keep: boolean) => {
+      const at = now();
+      const windows = since(at);
+      const read = await facts(q, paymentId, accountId, at, windows);
       const decided = decide(read.facts, at);
-      return !decided.isNew || (await recordAfter(q, decided.record, read.version)) ? decided : undefined;
+      return !decided.isNew || (await this.record(q, accountId, read.state, decided.record, windows, keep)) ? decided : undefined;
     };
-    const lockFree = await attempt(this.db);
+    const lockFree = await attempt(this.db, true);
     if (lockFree) return lockFree;
     return this.db.transaction(async (tx) => {
       await tx.query("SELECT pg_advisory_xact_lock(hashtext($1))", [`risk:${accountId}`]);
       for (let tries = 1; ; tries++) {
-        const decided = await attempt(tx);
+        const decided = await attempt(tx, false);
         if (decided) return decided;
         if (tries === MAX_LOCKED_TRIES) throw new ConnectError(`risk: account ${accountId} is being scored by too many callers at once; retry`, Code.Aborted);
       }
     });
   }
+
+  /**
+   * Records `d` if the account is still at `state`'s version, and with `keep` keeps the state
+   * that follows (pruned to `windows`); false when another decision got in first, or one for
+   * this payment exists already.
+   */
+  private async record(q: Queryable, accountId: string, state: AccountState, d: DecisionRecord, windows: Date[], keep: boolean): Promise<boolean> {
+    const recorded = await recordAfter(q, d, state.version).catch((err: unknown) => {
+      if ((err as { code?: unknown }).code === "23505") return false; // decisions_payment_id_key
+      throw err;
+    });
+    if (!recorded || !keep) return recorded;
+    const oldest = Math.min(...windows.map((w) => w.getTime()));
+    const recent = [...state.recent, { at: d.createdAt, baseMinor: d.baseAmountMinor, paymentId: d.paymentId }].filter((r) => r.at.getTime() > oldest);
+    if (this.states.size >= STATES_KEPT) this.states.clear();
+    this.states.set(accountId, { version: state.version + 1n, firstSeen: state.firstSeen ?? d.createdAt, recent });
+    return true;
+  }
+}
+
+/** Per window start (same order): the decisions after it, counted, and their known base amounts summed. */
+function countWindows(recent: AccountState["recent"], since: Date[]): { count: number; sumMinor: bigint }[] {
+  return since.map((s) => {
+    const inside = recent.filter((r) => r.at.getTime() > s.getTime());
+    return { count: inside.length, sumMinor: inside.reduce((sum, r) => sum + (r.baseMinor ?? 0n), 0n) };
+  });
 }
 
 /** Tries under the account's lock before giving up (each loss means a lock-free attempt won). */
@@ -128,45 +181,33 @@ const MAX_LOCKED_TRIES = 50;
 
 /**
  * One statement for everything a decision needs: the payment's earlier decision (its row, or
- * nulls), the account's first sighting and version, and a count and a sum per velocity
- * window, all windows read in one pass over the largest through decisions_account_recent.
+ * nulls), the account's first sighting and version, and its decisions inside the longest
+ * velocity window (through decisions_account_recent), from which each window is counted.
  */
-async function facts(q: Queryable, paymentId: string, accountId: string, now: Date, since: Date[]): Promise<{ facts: ScoringFacts; version: bigint | null }> {
-  const params: unknown[] = [paymentId, accountId];
-  const arg = (value: unknown) => `$${params.push(value)}::timestamptz`;
-  let recent = "";
-  if (since.length > 0) {
-    const oldest = arg(new Date(Math.min(...since.map((d) => d.getTime()))));
-    const columns = since.map((s, i) => {
-      const inside = `created_at > ${arg(s)}`;
-      return `count(*) FILTER (WHERE ${inside})::int8 AS count_${i}, coalesce(sum(base_amount_minor) FILTER (WHERE ${inside}), 0)::int8 AS sum_${i}`;
-    });
-    recent = `CROSS JOIN (SELECT ${columns.join(", ")} FROM decisions WHERE account_id = $2 AND created_at > ${oldest}) AS recent`;
-  }
-  const { rows } = await q.query<DecisionRow & { first_seen_at: Date | null; version: bigint | null } & Record<`${"count" | "sum"}_${number}`, bigint>>(
-    `SELECT earlier.*, seen.first_seen_at, seen.version ${recent ? ", recent.*" : ""}
+async function facts(q: Queryable, paymentId: string, accountId: string, now: Date, since: Date[]): Promise<{ facts: ScoringFacts; state: AccountState }> {
+  const oldest = since.length > 0 ? new Date(Math.min(...since.map((d) => d.getTime()))) : now;
+  const { rows } = await q.query<DecisionRow & { first_seen_at: Date | null; version: bigint | null; recent: { at: string; base: string | null; payment: string }[] | string }>(
+    `SELECT earlier.*, seen.first_seen_at, seen.version,
+       (SELECT coalesce(json_agg(json_build_object('at', r.created_at, 'base', r.base_amount_minor::text, 'payment', r.payment_id) ORDER BY r.created_at, r.id), '[]')
+        FROM decisions r WHERE r.account_id = $2 AND r.created_at > $3) AS recent
      FROM (SELECT) AS one LEFT JOIN decisions AS earlier ON earlier.payment_id = $1
-       LEFT JOIN accounts_seen AS seen ON seen.account_id = $2 ${recent}`,
-    params,
+       LEFT JOIN accounts_seen AS seen ON seen.account_id = $2`,
+    [paymentId, accountId, oldest],
   );
   const row = rows[0]!;
-  if (row.id !== null) return { facts: { earlier: fromRow(row) }, version: row.version };
-  return {
-    facts: {
-      earlier: undefined,
-      firstSeen: row.first_seen_at ?? now,
-      windows: since.map((_, i) => ({ count: Number(row[`count_${i}`]), sumMinor: row[`sum_${i}`]! })),
-    },
-    version: row.version,
-  };
+  const listed = typeof row.recent === "string" ? (JSON.parse(row.recent) as Exclude<typeof row.recent, string>) : row.recent;
+  const recent = listed.map((r) => ({ at: new Date(r.at), baseMinor: r.base === null ? null : BigInt(r.base), paymentId: r.payment }));
+  const state: AccountState = { version: row.version ?? 0n, firstSeen: row.first_seen_at ?? undefined, recent };
+  if (row.id !== null) return { facts: { earlier: fromRow(row) }, state };
+  return { facts: { earlier: undefined, firstSeen: row.first_seen_at ?? now, windows: countWindows(recent, since) }, state };
 }
 
 /**
- * Records a decision if the account is still at `version` (null: never seen), moving it on
+ * Records a decision if the account is still at `version` (0: no decision yet), moving it on
  * (a first decision also records the sighting, at the decision's time); false when another
  * decision of the account got in first (nothing written).
  */
-async function recordAfter(q: Queryable, d: DecisionRecord, version: bigint | null): Promise<boolean> {
+async function recordAfter(q: Queryable, d: DecisionRecord, version: bigint): Promise<boolean> {
   const { rowCount } = await q.query(
     `WITH seen AS (
        INSERT INTO accounts_seen AS s (account_id, first_seen_at, version) VALUES ($4, $18, 1)
@@ -178,7 +219,7 @@ async function recordAfter(q: Queryable, d: DecisionRecord, version: bigint | nu
        $13::int4, $14::text, $15::jsonb, $16::text, $17::text, $18::timestamptz
      FROM seen`,
     [d.id, d.paymentId, d.merchantId, d.accountId, d.destinationAccountId, d.currency, d.amountMinor, d.accountCurrency, d.baseCurrency,
-      d.baseAmountMinor, d.score, d.outcome, d.shadowScore, d.shadowOutcome, JSON.stringify(d.reasons), d.rulesVersion, d.requestHash, d.createdAt, version ?? -1n],
+      d.baseAmountMinor, d.score, d.outcome, d.shadowScore, d.shadowOutcome, JSON.stringify(d.reasons), d.rulesVersion, d.requestHash, d.createdAt, version],
   );
   return rowCount > 0;
 }

@@ -141,11 +141,12 @@ async function usdOf(currency: string, amountMinor: bigint): Promise<bigint> {
 describe.each(storageBackends())("risk service on $name", (backend) => {
   const dbs = testDatabases(backend, "risk_service");
   let store: DecisionStore;
+  let riskDb: Database;
   /** Every statement risk sent, BEGIN and COMMIT/ROLLBACK included. */
   const statements: string[] = [];
 
   beforeAll(async () => {
-    const db = await dbs.open(dbs.newSchema());
+    const db = (riskDb = await dbs.open(dbs.newSchema()));
     const { applied } = await migrate(db, fileURLToPath(new URL("../../services/risk/migrations", import.meta.url)));
     expect(applied).toContain("001_decisions.sql");
     store = new DecisionStore(logged(db, statements));
@@ -167,7 +168,7 @@ describe.each(storageBackends())("risk service on $name", (backend) => {
     score(over?: Partial<ScoreInit>, options?: { timeoutMs?: number }): Promise<Decision>;
   }
 
-  function harness(opts: { rules?: Doc | string; fx?: FxMode; fxRateMaxAgeMs?: number } = {}): Harness {
+  function harness(opts: { rules?: Doc | string; fx?: FxMode; fxRateMaxAgeMs?: number; store?: DecisionStore } = {}): Harness {
     const rules = parseRuleSet(typeof opts.rules === "string" ? opts.rules : rulesYaml(opts.rules), "test rules");
     const clock = new Clock();
     let calls = 0;
@@ -198,7 +199,7 @@ describe.each(storageBackends())("risk service on $name", (backend) => {
         (r) =>
           r.service(
             RiskService,
-            riskService({ rules, store, fx: createClient(FxService, fxTransport), upstreamTimeoutMs: 5_000, fxRateMaxAgeMs: opts.fxRateMaxAgeMs ?? 5_000, now: clock.now }),
+            riskService({ rules, store: opts.store ?? store, fx: createClient(FxService, fxTransport), upstreamTimeoutMs: 5_000, fxRateMaxAgeMs: opts.fxRateMaxAgeMs ?? 5_000, now: clock.now }),
           ),
         routerOptions,
       ),
@@ -615,6 +616,47 @@ describe.each(storageBackends())("risk service on $name", (backend) => {
       statements.length = 0;
       await rpcError(h.score({ ...req, amount: money("EUR", 10_01n) }));
       expect(shape()).toEqual(["read"]);
+    });
+
+    it("the next payment of an account this store scored is one statement: the account's state is kept, not read", async () => {
+      const h = harness({ rules: { rules: { velocity: [{ window: "1m", maxCount: 2, points: 40 }, { window: "1h", maxSum: "25.00", points: 20 }] } } });
+      const kind = (sql: string) => (sql.includes("INSERT INTO decisions") ? "insert" : "read");
+      statements.length = 0;
+      const decisions = [];
+      for (let i = 0; i < 4; i++) decisions.push(await h.score({ amount: money("USD", 10_00n) }));
+      expect(statements.map(kind)).toEqual(["read", "insert", "insert", "insert", "insert"]);
+      // Counted as a read would: the 3rd and 4th see 2 and 3 in the minute; the 3rd is over 25.00 in the hour.
+      expect(decisions.map(codes)).toEqual([[], [], ["VELOCITY_COUNT", "VELOCITY_SUM"], ["VELOCITY_COUNT", "VELOCITY_SUM"]]);
+      // A minute later the minute window is empty again, the hour still holds all four.
+      h.clock.advance(61_000);
+      expect(codes(await h.score({ amount: money("USD", 1n) }))).toEqual(["VELOCITY_SUM"]);
+    });
+
+    it("a retry of a payment scored before the kept window still gets its recorded decision", async () => {
+      const h = harness({ rules: { rules: { velocity: [{ window: "1m", maxCount: 5, points: 40 }] } } });
+      const paymentId = `pay_${uid()}`;
+      const first = await h.score({ paymentId });
+      h.clock.advance(5 * 60_000);
+      await h.score(); // the kept state now holds only this one
+      expect(await h.score({ paymentId })).toEqual(first);
+      expect((await h.risk.getDecision({ key: { case: "paymentId", value: paymentId } })).decision).toEqual(first);
+    });
+
+    it("two replicas scoring one account in turn count every decision: a kept state another replica has moved past is not used", async () => {
+      const other = new DecisionStore(riskDb);
+      const rules = { rules: { velocity: [{ window: "1m", maxCount: 3, points: 40 }] } };
+      const a = harness({ rules });
+      const b = harness({ rules, store: other });
+      const accountId = `acc_${uid()}`;
+      const seen: number[] = [];
+      for (let i = 0; i < 8; i++) {
+        const d = await (i % 2 === 0 ? a : b).score({ accountId });
+        const fired = d.reasons.find((r) => r.code === "VELOCITY_COUNT");
+        seen.push(fired ? Number(/^(\d+) payments/.exec(fired.message)?.[1]) : 0);
+      }
+      // Each payment counts every one before it, whichever replica scored them: from the 4th on
+      // the rule fires, naming the payments in the minute with this one.
+      expect(seen).toEqual([0, 0, 0, 4, 5, 6, 7, 8]);
     });
 
     it("a Score that loses the race to another decision of its account decides again under the account's lock, counting it", async () => {
