@@ -7,6 +7,8 @@ import type { Account, WalletService } from "../gen/paygate/wallet/v1/wallet_pb.
 export class AccountDirectory {
   /** Lookups in flight share one call; a failed one is forgotten. */
   private readonly known = new Map<string, Promise<Account>>();
+  /** The lookups that answered. */
+  private readonly answered = new Map<string, Account>();
 
   constructor(
     private readonly wallet: Client<typeof WalletService>,
@@ -15,12 +17,23 @@ export class AccountDirectory {
     private readonly maxEntries = 10_000,
   ) {}
 
+  /** The account if a lookup of it has answered already (no call made). */
+  peek(accountId: string): Account | undefined {
+    return this.answered.get(accountId);
+  }
+
   /** The account; a caller whose `signal` aborts stops waiting (the shared lookup goes on). */
   get(accountId: string, signal?: AbortSignal): Promise<Account> {
     let lookup = this.known.get(accountId);
     if (!lookup) {
-      if (this.known.size >= this.maxEntries) this.known.clear();
-      const started = this.wallet.getAccount({ accountId }, { timeoutMs: this.timeoutMs }).then((res) => res.account!);
+      if (this.known.size >= this.maxEntries) {
+        this.known.clear();
+        this.answered.clear();
+      }
+      const started = this.wallet.getAccount({ accountId }, { timeoutMs: this.timeoutMs }).then((res) => {
+        if (this.known.get(accountId) === started) this.answered.set(accountId, res.account!);
+        return res.account!;
+      });
       started.catch(() => {
         if (this.known.get(accountId) === started) this.known.delete(accountId);
       });

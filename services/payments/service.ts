@@ -49,6 +49,16 @@ export interface PaymentsDeps {
 
 const MAX_METADATA = 20;
 
+/** Whether `check` returns without throwing. */
+function passes(check: () => void): boolean {
+  try {
+    check();
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 export function paymentsService(deps: PaymentsDeps): ServiceImpl<typeof PaymentsService> {
   const { store, saga, keys, feed } = deps;
   const call = (ctx: HandlerContext) => downstream(ctx, deps.upstreamTimeoutMs);
@@ -126,25 +136,18 @@ export function paymentsService(deps: PaymentsDeps): ServiceImpl<typeof Payments
       const manual = req.captureMethod === CaptureMethod.MANUAL;
       const fingerprint = ["create", req.sourceAccountId, req.destinationAccountId, amount, req.settlementCurrency, manual, req.merchantReference, metadata];
 
-      // The accounts are looked up (cached) and checked before the key is claimed, so that a
-      // new payment can be inserted in the claim's own statement; a problem found here is
-      // still answered from inside the keyed run (and replayed under the key like any other).
-      const checked = await (async () => {
-        const source = await account(req.sourceAccountId, "source_account_id", ctx);
-        // Another merchant's account is reported exactly like a missing one.
+      // Another merchant's account is reported exactly like a missing one.
+      const requireOwned = (source: WalletAccount) => {
         if (source.ownerId !== merchantId) throw notFound("ACCOUNT_NOT_FOUND", `source_account_id: no account ${JSON.stringify(source.id)}`, "source_account_id");
-        const destination = await account(req.destinationAccountId, "destination_account_id", ctx);
+      };
+      const requireCurrencies = (source: WalletAccount, destination: WalletAccount) => {
         if (source.currency !== amount.currency) {
           throw invalidArgument("CURRENCY_MISMATCH", "amount.currency", `amount.currency: source account ${source.id} holds ${source.currency}, not ${amount.currency}`);
         }
         if (req.settlementCurrency !== "" && req.settlementCurrency !== destination.currency) {
           throw invalidArgument("CURRENCY_MISMATCH", "settlement_currency", `settlement_currency: destination account ${destination.id} holds ${destination.currency}, not ${req.settlementCurrency}`);
         }
-        return { source, destination };
-      })().then(
-        (accounts) => ({ accounts, error: undefined }),
-        (error: unknown) => ({ accounts: undefined, error }),
-      );
+      };
       // Under an Idempotency-Key the payment id comes from the key's scope: a retry taking
       // over from an attempt whose process died finds that attempt's payment and finishes
       // it, instead of paying a second time.
@@ -179,23 +182,31 @@ export function paymentsService(deps: PaymentsDeps): ServiceImpl<typeof Payments
           updatedAt: now,
         };
       };
+      // With both accounts already known and the request fine with them, a new payment is
+      // inserted in the statement that claims a new key.
+      const knownSource = deps.accounts.peek(req.sourceAccountId);
+      const knownDestination = deps.accounts.peek(req.destinationAccountId);
       let written: PaymentRecord | undefined;
-      const firstWrite: FirstWrite | undefined =
-        checked.accounts &&
-        ((scope, firstParam, from) => {
-          written = newPayment(idIn(scope), checked.accounts.source, checked.accounts.destination);
+      let firstWrite: FirstWrite | undefined;
+      if (knownSource && knownDestination && knownSource.ownerId === merchantId && passes(() => requireCurrencies(knownSource, knownDestination))) {
+        firstWrite = (scope, firstParam, from) => {
+          written = newPayment(idIn(scope), knownSource, knownDestination);
           return store.creation(written, deps.instanceId, deps.leaseMs, firstParam, from);
-        });
+        };
+      }
 
       return idempotent(ctx, merchantId, fingerprint, CreatePaymentResponseSchema, async (scope, claimed, firstWritten) => {
-        if (!checked.accounts) throw checked.error;
         const response = (moved: PaymentRecord) => create(CreatePaymentResponseSchema, { payment: paymentMessage(moved) });
         let created: PaymentRecord | undefined;
         if (firstWritten) {
           created = written!;
           store.created(created);
         } else {
-          const fresh = newPayment(idIn(scope), checked.accounts.source, checked.accounts.destination);
+          const source = await account(req.sourceAccountId, "source_account_id", ctx);
+          requireOwned(source);
+          const destination = await account(req.destinationAccountId, "destination_account_id", ctx);
+          requireCurrencies(source, destination);
+          const fresh = newPayment(idIn(scope), source, destination);
           created = await store.create(fresh, deps.instanceId, deps.leaseMs);
           // Only under a key can the id exist already: an earlier attempt's payment.
           if (!created) return response(await resume(await store.get(fresh.id), ctx));

@@ -109,8 +109,10 @@ const holdInsert = (gate: string | undefined) => `hold AS (
 
 /**
  * CTEs that row-lock accounts $29 in id order (as lockAccounts does) and yield one row only
- * when all of them exist and account $30, if a user account, has $31 available on its locked
- * balance: the funds check of a one-statement placement.
+ * when all of them exist and account $30, if a user account, shows $31 available: the first
+ * funds check of a one-statement placement. The balance read here may predate a movement
+ * that committed while the statement waited for the lock; the last word is the accounts'
+ * no-overdraft CHECK, applied to the updated totals, which fails the whole statement.
  */
 const FUNDS_GATE = `locked AS (SELECT id, kind, posted_minor, pending_minor FROM accounts WHERE id = ANY($29::text[]) ORDER BY id FOR NO KEY UPDATE),
        gate AS (SELECT 1 WHERE (SELECT count(*) FROM locked) = cardinality($29::text[])
@@ -236,10 +238,10 @@ export class Ledger {
 
   /**
    * The common reserve in one statement and no explicit transaction: lock the accounts it
-   * changes, check the funds on the locked balance, insert the hold and write its posting or
+   * changes, check the funds (see FUNDS_GATE), insert the hold and write its posting or
    * pending total. Undefined when that statement wrote nothing (an existing hold id, too
-   * little money, a missing account, a deadlock) or a check fails: then reserve() takes its
-   * transactional path, which finds the reason and says it.
+   * little money, a missing account, a deadlock, the accounts' no-overdraft check) or a check
+   * fails: then reserve() takes its transactional path, which finds the reason and says it.
    */
   private async placeAtOnce(req: ReserveRequest, hash: string): Promise<Hold | undefined> {
     const [source, destination] = await Promise.all([this.accountFacts(req.accountId), this.accountFacts(req.destinationAccountId)]);
@@ -248,7 +250,10 @@ export class Ledger {
     const ids = posting.legs.length > 0 ? [...new Set(posting.legs.flatMap((l) => [l.from, l.to]))] : [source.id];
     const gate = { lock: ids, funds: { accountId: source.id, amountMinor: req.amountMinor } };
     const placed = await this.write(this.db, posting, { hold, hash, gate }).catch((err: unknown) => {
-      if ((err as { code?: unknown }).code === "40P01") return false;
+      // A deadlock, or the schema's no-overdraft check refusing the new pending total (its
+      // account moved while this statement waited for it): the statement wrote nothing.
+      const code = (err as { code?: unknown }).code;
+      if (code === "40P01" || code === "23514") return false;
       throw err;
     });
     return placed ? hold : undefined;
