@@ -188,7 +188,8 @@ export function paymentsService(deps: PaymentsDeps): ServiceImpl<typeof Payments
       const knownDestination = deps.accounts.peek(req.destinationAccountId);
       let written: PaymentRecord | undefined;
       let firstWrite: FirstWrite | undefined;
-      if (knownSource && knownDestination && knownSource.ownerId === merchantId && passes(() => requireCurrencies(knownSource, knownDestination))) {
+      const fine = (source: WalletAccount, destination: WalletAccount) => passes(() => (requireOwned(source), requireCurrencies(source, destination)));
+      if (knownSource && knownDestination && fine(knownSource, knownDestination)) {
         firstWrite = (scope, firstParam, from) => {
           written = newPayment(idIn(scope), knownSource, knownDestination);
           return store.creation(written, deps.instanceId, deps.leaseMs, firstParam, from);
