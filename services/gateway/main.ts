@@ -16,6 +16,7 @@ import { upstreamClient, upstreamReady, upstreamTransport } from "../runtime/ups
 import { seedDemo } from "./demo.js";
 import { Merchants } from "./merchants.js";
 import { authentication, publicApi } from "./public-api.js";
+import { paymentsRelay } from "./relay.js";
 import { restRoutes } from "./rest.js";
 
 export const gatewayEnv = {
@@ -51,6 +52,7 @@ export async function startGateway(env: NodeJS.ProcessEnv = process.env) {
     logger.info({ accounts: accounts.length }, "demo data ready");
   }
   const api = publicApi(upstreams, config.UPSTREAM_TIMEOUT_MS);
+  const relay = paymentsRelay({ upstreamUrl: config.PAYMENTS_URL, merchants, defaultTimeoutMs: config.UPSTREAM_TIMEOUT_MS, logger });
   return startServer(
     {
       name: "gateway",
@@ -61,12 +63,16 @@ export async function startGateway(env: NodeJS.ProcessEnv = process.env) {
         router.service(WalletService, api.wallet);
       },
       interceptors: [authentication(merchants)],
+      relay,
       fallback: restRoutes(api, upstreamClient(RiskService, transports.risk), merchants, config.UPSTREAM_TIMEOUT_MS, logger),
       readiness: [
         databaseReady(db),
         ...Object.entries(transports).map(([name, t]) => upstreamReady(name, t)),
       ],
-      close: () => db.close(),
+      close: async () => {
+        relay.close();
+        await db.close();
+      },
     },
     serverOptions(config, { port: config.GATEWAY_PORT }, logger),
   );

@@ -8,7 +8,7 @@ import { PaymentsService } from "../gen/paygate/payments/v1/payments_pb.js";
 import { WalletService } from "../gen/paygate/wallet/v1/wallet_pb.js";
 import { DomainError, notFound } from "../runtime/errors.js";
 import { downstream } from "../runtime/upstream.js";
-import { IDEMPOTENCY_HEADER, REPLAYED_HEADER } from "../runtime/headers.js";
+import { IDEMPOTENCY_HEADER, MERCHANT_HEADER, REPLAYED_HEADER } from "../runtime/headers.js";
 import { apiKeyFrom, type Merchant, type Merchants } from "./merchants.js";
 
 export const merchantKey = createContextKey<Merchant | undefined>(undefined);
@@ -60,15 +60,21 @@ export function publicApi(up: Upstreams, upstreamTimeoutMs: number) {
     throw new DomainError("permission_denied", "NOT_PUBLIC", `WalletService/${method} is not part of the public API; money moves through PaymentsService`);
   };
 
+  // The merchant goes in a header, as the relay (relay.ts) sends it: payments applies one rule
+  // to both (a request's own merchant_id must be empty or the same).
+  const asMerchant = (ctx: HandlerContext): CallOptions => {
+    const opts = fwd(ctx);
+    return { ...opts, headers: { ...(opts.headers as Record<string, string> | undefined), [MERCHANT_HEADER]: merchantOf(ctx) } };
+  };
   const payments: ServiceImpl<typeof PaymentsService> = {
-    createPayment: (req, ctx) => up.payments.createPayment({ ...req, merchantId: merchantOf(ctx) }, fwd(ctx)),
-    getPayment: (req, ctx) => up.payments.getPayment({ ...req, merchantId: merchantOf(ctx) }, fwd(ctx)),
-    listPayments: (req, ctx) => up.payments.listPayments({ ...req, merchantId: merchantOf(ctx) }, fwd(ctx)),
-    capturePayment: (req, ctx) => up.payments.capturePayment({ ...req, merchantId: merchantOf(ctx) }, fwd(ctx)),
-    cancelPayment: (req, ctx) => up.payments.cancelPayment({ ...req, merchantId: merchantOf(ctx) }, fwd(ctx)),
-    refundPayment: (req, ctx) => up.payments.refundPayment({ ...req, merchantId: merchantOf(ctx) }, fwd(ctx)),
-    watchPayment: (req, ctx) => up.payments.watchPayment({ ...req, merchantId: merchantOf(ctx) }, { signal: ctx.signal }),
-    streamPaymentEvents: (req, ctx) => up.payments.streamPaymentEvents({ ...req, merchantId: merchantOf(ctx) }, { signal: ctx.signal }),
+    createPayment: (req, ctx) => up.payments.createPayment(req, asMerchant(ctx)),
+    getPayment: (req, ctx) => up.payments.getPayment(req, asMerchant(ctx)),
+    listPayments: (req, ctx) => up.payments.listPayments(req, asMerchant(ctx)),
+    capturePayment: (req, ctx) => up.payments.capturePayment(req, asMerchant(ctx)),
+    cancelPayment: (req, ctx) => up.payments.cancelPayment(req, asMerchant(ctx)),
+    refundPayment: (req, ctx) => up.payments.refundPayment(req, asMerchant(ctx)),
+    watchPayment: (req, ctx) => up.payments.watchPayment(req, { signal: ctx.signal, headers: { [MERCHANT_HEADER]: merchantOf(ctx) } }),
+    streamPaymentEvents: (req, ctx) => up.payments.streamPaymentEvents(req, { signal: ctx.signal, headers: { [MERCHANT_HEADER]: merchantOf(ctx) } }),
   };
 
   const fx: ServiceImpl<typeof FxService> = {

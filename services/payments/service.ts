@@ -23,7 +23,7 @@ import { downstream } from "../runtime/upstream.js";
 import { convertMinor } from "../fx/conversion.js";
 import { currencyInfo } from "../runtime/money.js";
 import type { EventFeed } from "./events.js";
-import { IDEMPOTENCY_HEADER, REPLAYED_HEADER } from "../runtime/headers.js";
+import { IDEMPOTENCY_HEADER, MERCHANT_HEADER, REPLAYED_HEADER } from "../runtime/headers.js";
 import type { ClaimedKey, FirstWrite, IdempotencyKeys } from "./idempotency.js";
 import { recordReplay } from "./metrics.js";
 import type { AccountDirectory } from "./accounts.js";
@@ -123,7 +123,7 @@ export function paymentsService(deps: PaymentsDeps): ServiceImpl<typeof Payments
 
   return {
     async createPayment(req, ctx) {
-      const merchantId = requireMerchant(req.merchantId);
+      const merchantId = merchantOf(req.merchantId, ctx);
       const amount = readMoney(req.amount, "amount");
       requirePositive(amount.amountMinor, "amount");
       if (req.sourceAccountId !== "" && req.sourceAccountId === req.destinationAccountId) {
@@ -223,12 +223,12 @@ export function paymentsService(deps: PaymentsDeps): ServiceImpl<typeof Payments
       }, firstWrite);
     },
 
-    async getPayment(req) {
-      return { payment: paymentMessage(await store.get(requirePaymentId(req.paymentId), requireMerchant(req.merchantId))) };
+    async getPayment(req, ctx) {
+      return { payment: paymentMessage(await store.get(requirePaymentId(req.paymentId), merchantOf(req.merchantId, ctx))) };
     },
 
-    async listPayments(req) {
-      const merchantId = requireMerchant(req.merchantId);
+    async listPayments(req, ctx) {
+      const merchantId = merchantOf(req.merchantId, ctx);
       const status = req.status === 0 ? undefined : statusFromProto(req.status);
       if (req.status !== 0 && !status) throw invalidArgument("INVALID_STATUS", "status", `status: unknown status ${req.status}`);
       const page = await store.list(merchantId, status, req.pageSize, req.pageToken);
@@ -236,7 +236,7 @@ export function paymentsService(deps: PaymentsDeps): ServiceImpl<typeof Payments
     },
 
     async capturePayment(req, ctx) {
-      const merchantId = requireMerchant(req.merchantId);
+      const merchantId = merchantOf(req.merchantId, ctx);
       const id = requirePaymentId(req.paymentId);
       const requested = req.amount ? readMoney(req.amount, "amount") : undefined;
       if (requested) requirePositive(requested.amountMinor, "amount");
@@ -253,7 +253,7 @@ export function paymentsService(deps: PaymentsDeps): ServiceImpl<typeof Payments
     },
 
     async cancelPayment(req, ctx) {
-      const merchantId = requireMerchant(req.merchantId);
+      const merchantId = merchantOf(req.merchantId, ctx);
       const id = requirePaymentId(req.paymentId);
       return idempotent(ctx, merchantId, ["cancel", id, req.reason], CancelPaymentResponseSchema, async (_scope, claimed) => {
         const p = await store.get(id, merchantId);
@@ -271,7 +271,7 @@ export function paymentsService(deps: PaymentsDeps): ServiceImpl<typeof Payments
     },
 
     async refundPayment(req, ctx) {
-      const merchantId = requireMerchant(req.merchantId);
+      const merchantId = merchantOf(req.merchantId, ctx);
       const id = requirePaymentId(req.paymentId);
       const requested = req.amount ? readMoney(req.amount, "amount") : undefined;
       if (requested) requirePositive(requested.amountMinor, "amount");
@@ -325,7 +325,7 @@ export function paymentsService(deps: PaymentsDeps): ServiceImpl<typeof Payments
     },
 
     async *watchPayment(req, ctx) {
-      const p = await store.get(requirePaymentId(req.paymentId), requireMerchant(req.merchantId));
+      const p = await store.get(requirePaymentId(req.paymentId), merchantOf(req.merchantId, ctx));
       const since = await store.lastEventSeq();
       yield { payment: paymentMessage(await store.get(p.id)) };
       if (isFinal(p.status)) return;
@@ -337,7 +337,7 @@ export function paymentsService(deps: PaymentsDeps): ServiceImpl<typeof Payments
     },
 
     async *streamPaymentEvents(req, ctx) {
-      const merchantId = requireMerchant(req.merchantId);
+      const merchantId = merchantOf(req.merchantId, ctx);
       const after = req.afterSequence > 0n ? req.afterSequence : await store.lastEventSeq();
       for await (const e of feed.follow({ merchantId }, after, anySignal(ctx.signal, deps.draining))) {
         yield {
@@ -363,9 +363,21 @@ export function refundSettlement(p: PaymentRecord, amountMinor: bigint): bigint 
   return converted < remaining ? converted : remaining;
 }
 
-function requireMerchant(merchantId: string): string {
-  if (merchantId === "") throw invalidArgument("MISSING_FIELD", "merchant_id", "merchant_id is required");
-  return merchantId;
+/**
+ * The merchant a call is for: the one the gateway authenticated (its paygate-merchant-id
+ * header), with which the request's own merchant_id must then agree when set; without the
+ * header (an internal caller), the request's merchant_id.
+ */
+function merchantOf(requested: string, ctx: HandlerContext): string {
+  const authenticated = ctx.requestHeader.get(MERCHANT_HEADER) ?? "";
+  if (authenticated === "") {
+    if (requested === "") throw invalidArgument("MISSING_FIELD", "merchant_id", "merchant_id is required");
+    return requested;
+  }
+  if (requested !== "" && requested !== authenticated) {
+    throw new DomainError("permission_denied", "MERCHANT_MISMATCH", "merchant_id: names another merchant than the API key's (leave it empty)", "merchant_id");
+  }
+  return authenticated;
 }
 
 function requirePaymentId(id: string): string {

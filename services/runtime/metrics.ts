@@ -174,7 +174,7 @@ const rpcClientDuration = histogram(
  * Measures one call: `finish(code)` records it exactly once, however many paths reach it.
  * Streaming responses are wrapped so the call ends when the stream does.
  */
-interface Measurement {
+export interface Measurement {
   finish(code: string): void;
 }
 
@@ -249,24 +249,26 @@ async function measure<R extends { stream: boolean; message: unknown }>(
  * methods, unsupported content types, and unary requests whose message fails to parse.
  */
 export function rpcServerMetrics(): Interceptor {
-  return (next) => (req) => {
-    const rpc_service = req.method.parent.typeName;
-    const rpc_method = req.method.name;
-    const protocol = protocolOf(req.header);
-    const t0 = performance.now();
-    const inFlight = { rpc_service, rpc_method };
-    rpcServerInFlight.inc(inFlight);
-    let done = false;
-    const m: Measurement = {
-      finish(code) {
-        if (done) return;
-        done = true;
-        rpcServerInFlight.dec(inFlight);
-        rpcServerRequests.inc({ rpc_service, rpc_method, protocol, code });
-        rpcServerDuration.observe({ rpc_service, rpc_method, protocol }, (performance.now() - t0) / 1000);
-      },
-    };
-    return measure(req.signal, m, true, () => next(req));
+  return (next) => (req) => measure(req.signal, serverRpcMeasurement(req.method.parent.typeName, req.method.name, protocolOf(req.header)), true, () => next(req));
+}
+
+/**
+ * Starts measuring one RPC served (in flight from now): `finish(code)` records it, once. For
+ * calls served outside the Connect handler (the gateway's relay); rpcServerMetrics uses it too.
+ */
+export function serverRpcMeasurement(rpc_service: string, rpc_method: string, protocol: Protocol): Measurement {
+  const t0 = performance.now();
+  const inFlight = { rpc_service, rpc_method };
+  rpcServerInFlight.inc(inFlight);
+  let done = false;
+  return {
+    finish(code) {
+      if (done) return;
+      done = true;
+      rpcServerInFlight.dec(inFlight);
+      rpcServerRequests.inc({ rpc_service, rpc_method, protocol, code });
+      rpcServerDuration.observe({ rpc_service, rpc_method, protocol }, (performance.now() - t0) / 1000);
+    },
   };
 }
 
@@ -276,19 +278,19 @@ export function rpcServerMetrics(): Interceptor {
  * it times the others too); upstreamTransport does.
  */
 export function rpcClientMetrics(): Interceptor {
-  return (next) => (req) => {
-    const rpc_service = req.method.parent.typeName;
-    const rpc_method = req.method.name;
-    const t0 = performance.now();
-    let done = false;
-    const m: Measurement = {
-      finish(code) {
-        if (done) return;
-        done = true;
-        rpcClientRequests.inc({ rpc_service, rpc_method, code });
-        rpcClientDuration.observe({ rpc_service, rpc_method }, (performance.now() - t0) / 1000);
-      },
-    };
-    return measure(req.signal, m, false, () => next(req));
+  return (next) => (req) => measure(req.signal, clientRpcMeasurement(req.method.parent.typeName, req.method.name), false, () => next(req));
+}
+
+/** Starts measuring one call to another service: `finish(code)` records it, once. */
+export function clientRpcMeasurement(rpc_service: string, rpc_method: string): Measurement {
+  const t0 = performance.now();
+  let done = false;
+  return {
+    finish(code) {
+      if (done) return;
+      done = true;
+      rpcClientRequests.inc({ rpc_service, rpc_method, code });
+      rpcClientDuration.observe({ rpc_service, rpc_method }, (performance.now() - t0) / 1000);
+    },
   };
 }

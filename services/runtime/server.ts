@@ -47,9 +47,17 @@ export interface ServiceSpec {
   interceptors?: Interceptor[];
   /** Plain HTTP routes on the RPC port for paths that are not RPCs (the gateway's REST routes). */
   fallback?: http.RequestListener;
+  /**
+   * Takes RPC requests before the Connect handler does (the gateway relays some calls as they
+   * are); not consulted once the server drains.
+   */
+  relay?: RequestRelay;
   /** Releases the service's own resources (database, timers) after the servers close. */
   close?: () => Promise<void>;
 }
+
+/** Answers a request itself, or calls `next()` (at once or later) to leave it to the Connect handler. */
+export type RequestRelay = (req: http.IncomingMessage, res: http.ServerResponse, next: () => void) => void;
 
 export interface ServerOptions {
   host: string;
@@ -139,7 +147,8 @@ export async function startServer(spec: ServiceSpec, opts: ServerOptions): Promi
     });
     // HTTP/1.1 keep-alive connections close after their last response; HTTP/2 has GOAWAY.
     if (draining.signal.aborted && req.httpVersionMajor === 1) res.setHeader("Connection", "close");
-    handler(req, res);
+    if (spec.relay && !draining.signal.aborted) spec.relay(req, res, () => handler(req, res));
+    else handler(req, res);
   };
 
   const h1 = http.createServer(tracked);

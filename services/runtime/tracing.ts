@@ -79,7 +79,7 @@ import {
 import { Code, ConnectError, type Interceptor, type StreamResponse } from "@connectrpc/connect";
 import { ConfigError } from "./config.js";
 import type { Logger } from "./logger.js";
-import { codeName, protocolOf, serverAbortError } from "./metrics.js";
+import { codeName, protocolOf, serverAbortError, type Protocol } from "./metrics.js";
 
 /** The tracer every Paygate span comes from (a no-op until initTracing registers the provider). */
 export const tracer = trace.getTracer("paygate");
@@ -329,20 +329,22 @@ const MAX_ID_LENGTH = 128;
 
 /** Ends an RPC span with its outcome: `err` undefined means OK. */
 function endRpcSpan(span: Span, err: unknown, server: boolean): void {
-  if (err === undefined) {
+  endRpcSpanWithCode(span, err === undefined ? undefined : ConnectError.from(err).code, server);
+}
+
+function endRpcSpanWithCode(span: Span, code: Code | undefined, server: boolean): void {
+  if (code === undefined) {
     span.setAttribute("rpc.grpc.status_code", 0);
   } else {
-    const e = ConnectError.from(err);
-    span.setAttribute("rpc.grpc.status_code", e.code);
-    span.setAttribute("rpc.connect_rpc.error_code", codeName(e.code));
-    if (!server || SERVER_ERRORS.has(e.code)) {
-      span.setAttribute("error.type", codeName(e.code));
-      span.setStatus({ code: SpanStatusCode.ERROR, message: codeName(e.code) });
+    span.setAttribute("rpc.grpc.status_code", code);
+    span.setAttribute("rpc.connect_rpc.error_code", codeName(code));
+    if (!server || SERVER_ERRORS.has(code)) {
+      span.setAttribute("error.type", codeName(code));
+      span.setStatus({ code: SpanStatusCode.ERROR, message: codeName(code) });
     }
   }
   span.end();
 }
-
 
 /**
  * Runs one call (`next(req)`) in `ctx` and ends `span` when it is over: when a unary call
@@ -425,14 +427,8 @@ export function rpcServerTracing(): Interceptor {
   return (next) => (req) => {
     const service = req.method.parent.typeName;
     if (UNTRACED.has(service)) return next(req);
-    const protocol = protocolOf(req.header);
     const parent = propagation.extract(ROOT_CONTEXT, req.header, headerGetter);
-    const attributes: Attributes = {
-      "rpc.system": protocol === "connect" ? "connect_rpc" : "grpc",
-      "rpc.service": service,
-      "rpc.method": req.method.name,
-      "paygate.rpc.protocol": protocol,
-    };
+    const attributes = serverAttributes(service, req.method.name, protocolOf(req.header));
     let ctx = parent;
     const paymentId = req.stream ? undefined : paymentIdOf(req.message);
     if (paymentId !== undefined) {
@@ -449,31 +445,64 @@ export function rpcServerTracing(): Interceptor {
  * out in the request's traceparent header. `baseUrl` names the server (server.address/port).
  */
 export function rpcClientTracing(baseUrl: string): Interceptor {
-  const url = new URL(baseUrl);
-  const address = url.hostname.replace(/^\[(.*)\]$/, "$1");
-  const port = Number(url.port || (url.protocol === "https:" ? 443 : 80));
+  const server = serverAddress(baseUrl);
   return (next) => (req) => {
     const service = req.method.parent.typeName;
     if (UNTRACED.has(service)) return next(req);
     const parent = context.active();
-    const span = tracer.startSpan(
-      `${service}/${req.method.name}`,
-      {
-        kind: SpanKind.CLIENT,
-        attributes: {
-          ...contextAttributes(parent),
-          "rpc.system": "grpc",
-          "rpc.service": service,
-          "rpc.method": req.method.name,
-          [ATTR_SERVER_ADDRESS]: address,
-          [ATTR_SERVER_PORT]: port,
-        },
-      },
-      parent,
-    );
+    const span = startClientSpan(service, req.method.name, server, parent);
     const ctx = trace.setSpan(parent, span);
     propagation.inject(ctx, req.header, headerSetter);
     return tracedCall(span, ctx, false, next, req);
+  };
+}
+
+function serverAttributes(service: string, method: string, protocol: Protocol): Attributes {
+  return {
+    "rpc.system": protocol === "connect" ? "connect_rpc" : "grpc",
+    "rpc.service": service,
+    "rpc.method": method,
+    "paygate.rpc.protocol": protocol,
+  };
+}
+
+/** server.address and server.port of a base URL. */
+function serverAddress(baseUrl: string): Attributes {
+  const url = new URL(baseUrl);
+  return {
+    [ATTR_SERVER_ADDRESS]: url.hostname.replace(/^\[(.*)\]$/, "$1"),
+    [ATTR_SERVER_PORT]: Number(url.port || (url.protocol === "https:" ? 443 : 80)),
+  };
+}
+
+function startClientSpan(service: string, method: string, server: Attributes, parent: Context): Span {
+  return tracer.startSpan(
+    `${service}/${method}`,
+    { kind: SpanKind.CLIENT, attributes: { ...contextAttributes(parent), "rpc.system": "grpc", "rpc.service": service, "rpc.method": method, ...server } },
+    parent,
+  );
+}
+
+/**
+ * The spans of a call the gateway relays without decoding it (see services/gateway/relay.ts):
+ * a SERVER span whose parent comes from the request's traceparent and a CLIENT span under it,
+ * as for a call served and forwarded; `upstreamHeaders` carry the CLIENT span's context on,
+ * `context` is the SERVER span's (for log lines). `end(code)` ends both (undefined: OK). The request's message is not read, so the spans have
+ * no paygate.payment_id; the upstream's SERVER span has it.
+ */
+export function relaySpans(service: string, method: string, protocol: Protocol, incoming: http.IncomingHttpHeaders, upstreamUrl: string) {
+  const parent = propagation.extract(ROOT_CONTEXT, incoming);
+  const server = tracer.startSpan(`${service}/${method}`, { kind: SpanKind.SERVER, attributes: serverAttributes(service, method, protocol) }, parent);
+  const client = startClientSpan(service, method, serverAddress(upstreamUrl), trace.setSpan(parent, server));
+  const upstreamHeaders: Record<string, string> = {};
+  propagation.inject(trace.setSpan(parent, client), upstreamHeaders);
+  return {
+    upstreamHeaders,
+    context: trace.setSpan(parent, server),
+    end(code: Code | undefined) {
+      endRpcSpanWithCode(client, code, false);
+      endRpcSpanWithCode(server, code, true);
+    },
   };
 }
 

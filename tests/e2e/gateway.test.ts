@@ -180,6 +180,22 @@ describe.each(storageBackends())("the api-gateway ($name)", (backend) => {
       expect(await balanceOf(globex.wallet, gSrc)).toEqual({ posted: 10000n, pending: 0n, available: 10000n });
     });
 
+    it("a request's merchant_id cannot name another merchant (PERMISSION_DENIED), relayed (gRPC) or decoded (Connect over HTTP/1.1)", async () => {
+      const src = await stack.fund(ACME.id, "USD", "100.00");
+      const dst = await stack.fund(ACME.id, "USD", "0");
+      const acmeGrpc = gatewayClients(stack.gatewayUrl, ACME.apiKey, "grpc");
+      for (const clients of [acme, acmeGrpc]) {
+        const f = await failure(clients.payments.createPayment({ merchantId: GLOBEX.id, sourceAccountId: src, destinationAccountId: dst, amount: usd("1.00") }));
+        expect({ code: Code[f.code], reason: f.reason, field: f.field }).toEqual({ code: "PermissionDenied", reason: "MERCHANT_MISMATCH", field: "merchant_id" });
+        const listed = await failure(clients.payments.listPayments({ merchantId: GLOBEX.id }));
+        expect(listed.reason).toBe("MERCHANT_MISMATCH");
+        // The merchant's own id is no different from leaving it empty.
+        const { payment } = await clients.payments.createPayment({ merchantId: ACME.id, sourceAccountId: src, destinationAccountId: dst, amount: usd("1.00") });
+        expect({ status: PaymentStatus[payment!.status], merchant: payment!.merchantId }).toEqual({ status: "CAPTURED", merchant: ACME.id });
+      }
+      expect(await balanceOf(acme.wallet, src)).toEqual({ posted: 9800n, pending: 0n, available: 9800n });
+    });
+
     it("the wallet's money-moving methods are not public: PERMISSION_DENIED, even on the merchant's own accounts", async () => {
       const own = await stack.fund(ACME.id, "USD", "100.00");
       const other = await stack.fund(ACME.id, "USD", "0");

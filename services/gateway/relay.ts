@@ -1,0 +1,228 @@
+// The gateway's relay for PaymentsService's unary calls. A call over HTTP/2 in the gRPC or
+// Connect protocol is authenticated and then passed to payments as it came (headers, message
+// bytes; back: headers, message bytes, trailers) instead of being decoded and encoded again on
+// each side of the gateway; the merchant goes along in the paygate-merchant-id header, from
+// which payments takes it. On the payments benchmark this took the gateway's CPU per payment
+// from ~1.6 ms to ~0.5 ms. The relay keeps what the Connect path gives a call: a SERVER span
+// and a CLIENT span, server and client RPC metrics, the caller's deadline (or the default),
+// cancellation both ways, and UNAVAILABLE or DEADLINE_EXCEEDED in the caller's protocol when
+// payments cannot answer.
+// Everything else goes to the Connect handler (publicApi), which answers in every protocol:
+// HTTP/1.1, gRPC-Web, streams, other services, a missing or unknown API key (the handler
+// refuses it), and every call once the server drains.
+import http2 from "node:http2";
+import type http from "node:http";
+import { Code } from "@connectrpc/connect";
+import { context } from "@opentelemetry/api";
+import { PaymentsService } from "../gen/paygate/payments/v1/payments_pb.js";
+import { MERCHANT_HEADER } from "../runtime/headers.js";
+import type { Logger } from "../runtime/logger.js";
+import { clientRpcMeasurement, codeName, serverRpcMeasurement } from "../runtime/metrics.js";
+import type { RequestRelay } from "../runtime/server.js";
+import { relaySpans } from "../runtime/tracing.js";
+import { apiKeyFrom, type Merchant, type Merchants } from "./merchants.js";
+
+const { NGHTTP2_CANCEL, NGHTTP2_INTERNAL_ERROR } = http2.constants;
+const END_STREAM = 0x1; // HTTP/2 frame flag: the response ended with its headers (gRPC trailers-only)
+
+const SERVICE = PaymentsService.typeName;
+const UNARY = new Map(PaymentsService.methods.filter((m) => m.methodKind === "unary").map((m) => [`/${SERVICE}/${m.name}`, m.name]));
+
+/** Request headers not passed on: the caller's credentials, and those the relay sets itself. */
+const NOT_PASSED = new Set(["authorization", "x-api-key", MERCHANT_HEADER, "traceparent", "tracestate", "grpc-timeout", "connect-timeout-ms"]);
+
+const CODES = new Map(Object.values(Code).filter((c): c is Code => typeof c === "number").map((c) => [codeName(c), c]));
+/** The HTTP status of a Connect unary error, for the errors the relay answers itself. */
+const CONNECT_STATUS: Partial<Record<Code, number>> = { [Code.Unavailable]: 503, [Code.DeadlineExceeded]: 504 };
+/** At most this much of a Connect error body is kept to read its code. */
+const MAX_ERROR_BODY = 64 * 1024;
+
+interface Call {
+  protocol: "grpc" | "connect";
+  method: string;
+  timeoutMs: number;
+}
+
+/** The call a request is, if the relay takes it. */
+function relayable(req: http.IncomingMessage, defaultTimeoutMs: number): Call | undefined {
+  if (req.httpVersionMajor !== 2 || req.method !== "POST") return undefined;
+  const method = UNARY.get(req.url ?? "");
+  if (method === undefined) return undefined;
+  const type = (req.headers["content-type"] ?? "").split(";")[0]!.trim().toLowerCase();
+  if (type === "application/grpc" || type === "application/grpc+proto" || type === "application/grpc+json") {
+    const timeoutMs = grpcTimeoutMs(req.headers["grpc-timeout"], defaultTimeoutMs);
+    return timeoutMs === undefined ? undefined : { protocol: "grpc", method, timeoutMs };
+  }
+  if (type === "application/proto" || type === "application/json") {
+    const timeoutMs = connectTimeoutMs(req.headers["connect-timeout-ms"], defaultTimeoutMs);
+    return timeoutMs === undefined ? undefined : { protocol: "connect", method, timeoutMs };
+  }
+  return undefined;
+}
+
+const GRPC_UNITS: Record<string, number> = { H: 3_600_000, M: 60_000, S: 1000, m: 1, u: 1e-3, n: 1e-6 };
+
+/** The deadline a gRPC caller set (undefined when it is malformed: the handler refuses it). */
+function grpcTimeoutMs(header: string | string[] | undefined, fallback: number): number | undefined {
+  if (header === undefined) return fallback;
+  const m = typeof header === "string" ? /^(\d{1,8})([HMSmun])$/.exec(header) : null;
+  return m ? Math.max(1, Math.ceil(Number(m[1]) * GRPC_UNITS[m[2]!]!)) : undefined;
+}
+
+function connectTimeoutMs(header: string | string[] | undefined, fallback: number): number | undefined {
+  if (header === undefined) return fallback;
+  return typeof header === "string" && /^\d{1,10}$/.test(header) ? Math.max(1, Number(header)) : undefined;
+}
+
+/** One HTTP/2 session to payments, opened on first use and again after it closes. */
+class UpstreamSession {
+  private current: http2.ClientHttp2Session | undefined;
+  constructor(private readonly url: string) {}
+
+  get(): http2.ClientHttp2Session {
+    if (this.current && !this.current.closed && !this.current.destroyed) return this.current;
+    const s = http2.connect(this.url);
+    s.on("error", () => {}); // each stream on it fails with the error too; answered there
+    s.once("close", () => {
+      if (this.current === s) this.current = undefined;
+    });
+    s.once("goaway", () => {
+      if (this.current === s) this.current = undefined; // new calls on a new session; running ones finish
+    });
+    this.current = s;
+    return s;
+  }
+
+  close(): void {
+    this.current?.close();
+    this.current = undefined;
+  }
+}
+
+export function paymentsRelay(opts: { upstreamUrl: string; merchants: Merchants; defaultTimeoutMs: number; logger: Logger }): RequestRelay & { close(): void } {
+  const upstream = new UpstreamSession(opts.upstreamUrl);
+
+  const forward = (req: http.IncomingMessage, res: http.ServerResponse, call: Call, merchant: Merchant) => {
+    const stream = (res as unknown as http2.Http2ServerResponse).stream;
+    const spans = relaySpans(SERVICE, call.method, call.protocol, req.headers, opts.upstreamUrl);
+    const served = serverRpcMeasurement(SERVICE, call.method, call.protocol);
+    const called = clientRpcMeasurement(SERVICE, call.method);
+    const t0 = performance.now();
+    let finished = false;
+    const finish = (code: Code | undefined) => {
+      if (finished) return;
+      finished = true;
+      clearTimeout(deadline);
+      const name = code === undefined ? "ok" : codeName(code);
+      spans.end(code);
+      served.finish(name);
+      called.finish(name);
+      if (opts.logger.isLevelEnabled("debug")) {
+        const line = { procedure: `${SERVICE}/${call.method}`, code: name, ms: Math.round((performance.now() - t0) * 10) / 10, relayed: true };
+        context.with(spans.context, () => opts.logger.debug(line, "rpc"));
+      }
+    };
+    /** Ends the call with an error of the relay's own, in the caller's protocol. */
+    const fail = (code: Code, message: string) => {
+      if (finished) return;
+      if (!stream.destroyed) {
+        if (stream.headersSent) stream.close(NGHTTP2_INTERNAL_ERROR);
+        else if (call.protocol === "grpc") {
+          stream.respond({ ":status": 200, "content-type": "application/grpc", "grpc-status": String(code), "grpc-message": encodeURIComponent(message) }, { endStream: true });
+        } else {
+          stream.respond({ ":status": CONNECT_STATUS[code] ?? 500, "content-type": "application/json" });
+          stream.end(JSON.stringify({ code: codeName(code), message }));
+        }
+      }
+      finish(code);
+    };
+
+    const headers: http2.OutgoingHttpHeaders = { ":method": "POST", ":path": req.url };
+    for (const [name, value] of Object.entries(req.headers)) if (name[0] !== ":" && !NOT_PASSED.has(name)) headers[name] = value;
+    Object.assign(headers, spans.upstreamHeaders);
+    headers[MERCHANT_HEADER] = merchant.id;
+    if (call.protocol === "grpc") headers["grpc-timeout"] = `${call.timeoutMs}m`;
+    else headers["connect-timeout-ms"] = String(call.timeoutMs);
+
+    let up: http2.ClientHttp2Stream;
+    try {
+      up = upstream.get().request(headers);
+    } catch {
+      return fail(Code.Unavailable, "payments is unavailable");
+    }
+    const deadline = setTimeout(() => {
+      up.close(NGHTTP2_CANCEL);
+      fail(Code.DeadlineExceeded, "the deadline passed");
+    }, call.timeoutMs);
+    stream.once("close", () => {
+      if (finished) return;
+      up.close(NGHTTP2_CANCEL); // the caller went away
+      finish(Code.Canceled);
+    });
+    up.on("error", () => fail(Code.Unavailable, "payments is unavailable"));
+    up.once("close", () => fail(Code.Unavailable, "payments closed the call without an answer"));
+
+    let trailers: http2.IncomingHttpHeaders | undefined;
+    up.once("trailers", (t) => (trailers = t));
+    up.once("response", (h, flags) => {
+      const out: http2.OutgoingHttpHeaders = {};
+      for (const [name, value] of Object.entries(h)) if (name !== ":status" || call.protocol === "connect") out[name] = value;
+      if (call.protocol === "grpc") out[":status"] = 200;
+      if (flags & END_STREAM) {
+        stream.respond(out, { endStream: true });
+        finish(call.protocol === "grpc" ? grpcCode(h) : h[":status"] === 200 ? undefined : Code.Unknown);
+        return void up.resume();
+      }
+      const errorBody: Buffer[] | undefined = call.protocol === "connect" && h[":status"] !== 200 ? [] : undefined;
+      let kept = 0;
+      stream.respond(out, { waitForTrailers: call.protocol === "grpc" });
+      up.on("data", (chunk: Buffer) => {
+        if (errorBody && kept < MAX_ERROR_BODY) {
+          errorBody.push(chunk);
+          kept += chunk.length;
+        }
+        if (!stream.write(chunk)) {
+          up.pause();
+          stream.once("drain", () => up.resume());
+        }
+      });
+      up.once("end", () => {
+        // The compatibility response sends its trailers when the stream asks for them.
+        if (call.protocol === "grpc") res.addTrailers(trailers ?? { "grpc-status": String(Code.Internal), "grpc-message": "payments%20sent%20no%20status" });
+        stream.end();
+        if (call.protocol === "grpc") finish(trailers ? grpcCode(trailers) : Code.Internal);
+        else finish(errorBody ? connectCode(errorBody) : undefined);
+      });
+    });
+    req.pipe(up);
+  };
+
+  const relay: RequestRelay = (req, res, next) => {
+    const call = relayable(req, opts.defaultTimeoutMs);
+    const key = call && apiKeyFrom((name) => headerValue(req.headers[name]));
+    if (!call || !key) return next();
+    opts.merchants.authenticate(key).then(
+      (merchant) => forward(req, res, call, merchant),
+      () => next(), // the Connect handler answers UNAUTHENTICATED in the caller's protocol
+    );
+  };
+  return Object.assign(relay, { close: () => upstream.close() });
+}
+
+const headerValue = (v: string | string[] | undefined) => (Array.isArray(v) ? v[0] : v);
+
+/** A gRPC status header's code (undefined: OK). */
+function grpcCode(h: http2.IncomingHttpHeaders): Code | undefined {
+  const status = Number(headerValue(h["grpc-status"]) ?? Code.Unknown);
+  return status === 0 ? undefined : CODES.has(codeName(status)) ? (status as Code) : Code.Unknown;
+}
+
+/** The code of a Connect unary error body ({"code": "not_found", ...}). */
+function connectCode(body: Buffer[]): Code {
+  try {
+    const { code } = JSON.parse(Buffer.concat(body).toString("utf8")) as { code?: unknown };
+    return (typeof code === "string" && CODES.get(code)) || Code.Unknown;
+  } catch {
+    return Code.Unknown;
+  }
+}
