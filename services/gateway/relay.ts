@@ -165,6 +165,7 @@ export function paymentsRelay(opts: { upstreamUrl: string; merchants: Merchants;
     let trailers: http2.IncomingHttpHeaders | undefined;
     up.once("trailers", (t) => (trailers = t));
     up.once("response", (h, flags) => {
+      if (finished) return void up.resume(); // answered already (deadline) or the caller left
       const out: http2.OutgoingHttpHeaders = {};
       for (const [name, value] of Object.entries(h)) if (name !== ":status" || call.protocol === "connect") out[name] = value;
       if (call.protocol === "grpc") out[":status"] = 200;
@@ -177,6 +178,7 @@ export function paymentsRelay(opts: { upstreamUrl: string; merchants: Merchants;
       let kept = 0;
       stream.respond(out, { waitForTrailers: call.protocol === "grpc" });
       up.on("data", (chunk: Buffer) => {
+        if (finished) return;
         if (errorBody && kept < MAX_ERROR_BODY) {
           errorBody.push(chunk);
           kept += chunk.length;
@@ -187,6 +189,7 @@ export function paymentsRelay(opts: { upstreamUrl: string; merchants: Merchants;
         }
       });
       up.once("end", () => {
+        if (finished) return;
         // The compatibility response sends its trailers when the stream asks for them.
         if (call.protocol === "grpc") res.addTrailers(trailers ?? { "grpc-status": String(Code.Internal), "grpc-message": "payments%20sent%20no%20status" });
         stream.end();
