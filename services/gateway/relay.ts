@@ -16,6 +16,7 @@ import { Code } from "@connectrpc/connect";
 import { context } from "@opentelemetry/api";
 import { PaymentsService } from "../gen/paygate/payments/v1/payments_pb.js";
 import { MERCHANT_HEADER } from "../runtime/headers.js";
+import { Http2Upstream } from "../runtime/http2-upstream.js";
 import type { Logger } from "../runtime/logger.js";
 import { clientRpcMeasurement, codeName, serverRpcMeasurement } from "../runtime/metrics.js";
 import type { RequestRelay } from "../runtime/server.js";
@@ -74,33 +75,8 @@ function connectTimeoutMs(header: string | string[] | undefined, fallback: numbe
   return typeof header === "string" && /^\d{1,10}$/.test(header) ? Math.max(1, Number(header)) : undefined;
 }
 
-/** One HTTP/2 session to payments, opened on first use and again after it closes. */
-class UpstreamSession {
-  private current: http2.ClientHttp2Session | undefined;
-  constructor(private readonly url: string) {}
-
-  get(): http2.ClientHttp2Session {
-    if (this.current && !this.current.closed && !this.current.destroyed) return this.current;
-    const s = http2.connect(this.url);
-    s.on("error", () => {}); // each stream on it fails with the error too; answered there
-    s.once("close", () => {
-      if (this.current === s) this.current = undefined;
-    });
-    s.once("goaway", () => {
-      if (this.current === s) this.current = undefined; // new calls on a new session; running ones finish
-    });
-    this.current = s;
-    return s;
-  }
-
-  close(): void {
-    this.current?.close();
-    this.current = undefined;
-  }
-}
-
 export function paymentsRelay(opts: { upstreamUrl: string; merchants: Merchants; defaultTimeoutMs: number; logger: Logger }): RequestRelay & { close(): void } {
-  const upstream = new UpstreamSession(opts.upstreamUrl);
+  const upstream = new Http2Upstream(opts.upstreamUrl);
 
   const forward = (req: http.IncomingMessage, res: http.ServerResponse, call: Call, merchant: Merchant) => {
     const stream = (res as unknown as http2.Http2ServerResponse).stream;
@@ -146,7 +122,7 @@ export function paymentsRelay(opts: { upstreamUrl: string; merchants: Merchants;
 
     let up: http2.ClientHttp2Stream;
     try {
-      up = upstream.get().request(headers);
+      up = upstream.session().request(headers);
     } catch {
       return fail(Code.Unavailable, "payments is unavailable");
     }

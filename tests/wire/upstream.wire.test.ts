@@ -1,0 +1,101 @@
+// The unary transport every service calls its upstreams with (services/runtime/upstream.ts),
+// against a real server: answers with their headers and trailers, errors with their code,
+// message and details, the deadline and the caller's cancellation reaching the server, an
+// upstream that is not there, and one that comes back after a restart on the same port.
+import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
+import { Code, ConnectError, type ConnectRouter, type HandlerContext } from "@connectrpc/connect";
+import { ErrorDetailSchema } from "../../services/gen/paygate/common/v1/common_pb.js";
+import { FxService, type GetRateRequest } from "../../services/gen/paygate/fx/v1/fx_pb.js";
+import { invalidArgument } from "../../services/runtime/errors.js";
+import { createLogger } from "../../services/runtime/logger.js";
+import { startServer, type RunningServer, type ServerOptions } from "../../services/runtime/server.js";
+import { upstreamClient, upstreamTransport } from "../../services/runtime/upstream.js";
+import { freePort, waitFor } from "../support/wire.js";
+
+vi.setConfig({ testTimeout: 30_000, hookTimeout: 30_000 });
+
+const logger = createLogger("upstream-test", "silent");
+const options = (port: number): ServerOptions => ({ host: "127.0.0.1", port, maxRequestBytes: 1 << 20, shutdownTimeoutMs: 2_000, drainDelayMs: 0, logger });
+
+/** How each call of the test FxService ended at the server, by quote currency. */
+const ended = new Map<string, string>();
+
+function routes(router: ConnectRouter) {
+  router.service(FxService, {
+    async getRate(req: GetRateRequest, ctx: HandlerContext) {
+      if (req.baseCurrency === "BAD") throw invalidArgument("UNKNOWN_CURRENCY", "base_currency", "base_currency: no currency \"BAD\"");
+      if (req.baseCurrency === "WAIT") {
+        await new Promise<void>((resolve) => ctx.signal.addEventListener("abort", () => resolve(), { once: true }));
+        ended.set(req.quoteCurrency, Code[ConnectError.from(ctx.signal.reason).code]);
+        throw ConnectError.from(ctx.signal.reason);
+      }
+      ctx.responseHeader.set("x-seen-header", ctx.requestHeader.get("x-sent-header") ?? "");
+      ctx.responseTrailer.set("x-trailer", "at the end");
+      return { rate: { baseCurrency: req.baseCurrency, quoteCurrency: req.quoteCurrency, midRate: "1.5" } };
+    },
+  });
+}
+
+describe("upstreamTransport: unary calls", () => {
+  let server: RunningServer;
+  let port: number;
+
+  beforeAll(async () => {
+    port = await freePort();
+    server = await startServer({ name: "fx-under-test", services: [FxService], routes }, options(port));
+  });
+  afterAll(async () => {
+    await server?.shutdown();
+  });
+
+  it("sends the caller's headers and returns the answer with its headers and trailers", async () => {
+    const fx = upstreamClient(FxService, upstreamTransport(server.url));
+    let header: string | null = null;
+    let trailer: string | null = null;
+    const res = await fx.getRate(
+      { baseCurrency: "USD", quoteCurrency: "EUR" },
+      { headers: { "x-sent-header": "hello" }, onHeader: (h) => (header = h.get("x-seen-header")), onTrailer: (t) => (trailer = t.get("x-trailer")) },
+    );
+    expect(res.rate).toMatchObject({ baseCurrency: "USD", quoteCurrency: "EUR", midRate: "1.5" });
+    expect({ header, trailer }).toEqual({ header: "hello", trailer: "at the end" });
+  });
+
+  it("an error keeps its code, message and details", async () => {
+    const fx = upstreamClient(FxService, upstreamTransport(server.url));
+    const err = ConnectError.from(await fx.getRate({ baseCurrency: "BAD" }).catch((e: unknown) => e));
+    expect({ code: err.code, message: err.rawMessage }).toEqual({ code: Code.InvalidArgument, message: 'base_currency: no currency "BAD"' });
+    expect(err.findDetails(ErrorDetailSchema)[0]).toMatchObject({ reason: "UNKNOWN_CURRENCY", field: "base_currency" });
+  });
+
+  it("the deadline goes to the server and ends the call there too: DEADLINE_EXCEEDED", async () => {
+    const fx = upstreamClient(FxService, upstreamTransport(server.url));
+    const err = ConnectError.from(await fx.getRate({ baseCurrency: "WAIT", quoteCurrency: "deadline" }, { timeoutMs: 200 }).catch((e: unknown) => e));
+    expect(err.code).toBe(Code.DeadlineExceeded);
+    expect(await waitFor(() => ended.get("deadline"), "the server saw the call end")).toBe("DeadlineExceeded");
+  });
+
+  it("a caller that cancels ends the call at the server: CANCELED on both sides", async () => {
+    const fx = upstreamClient(FxService, upstreamTransport(server.url));
+    const abort = new AbortController();
+    const call = fx.getRate({ baseCurrency: "WAIT", quoteCurrency: "cancel" }, { signal: abort.signal }).catch((e: unknown) => e);
+    await new Promise((r) => setTimeout(r, 100));
+    abort.abort();
+    expect(ConnectError.from(await call).code).toBe(Code.Canceled);
+    expect(await waitFor(() => ended.get("cancel"), "the server saw the call end")).toBe("Canceled");
+  });
+
+  it("no server there: UNAVAILABLE; once one listens on that port, the next call gets through", async () => {
+    const where = await freePort();
+    const fx = upstreamClient(FxService, upstreamTransport(`http://127.0.0.1:${where}`));
+    const err = ConnectError.from(await fx.getRate({ baseCurrency: "USD" }).catch((e: unknown) => e));
+    expect(err.code).toBe(Code.Unavailable);
+    const late = await startServer({ name: "fx-late", services: [FxService], routes }, options(where));
+    try {
+      expect((await fx.getRate({ baseCurrency: "USD", quoteCurrency: "GBP" })).rate?.midRate).toBe("1.5");
+    } finally {
+      await late.shutdown();
+    }
+    // Shut down (GOAWAY, then closed): UNAVAILABLE again, not a hang.
+    expect(ConnectError.from(await fx.getRate({ baseCurrency: "USD" }).catch((e: unknown) => e)).code).toBe(Code.Unavailable);
+  });
+});
