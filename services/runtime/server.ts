@@ -17,6 +17,7 @@ import { Code, ConnectError, type ConnectRouter, type Interceptor } from "@conne
 import { connectNodeAdapter } from "@connectrpc/connect-node";
 import type { DescService } from "@bufbuild/protobuf";
 import { HealthStatus, registerHealth } from "./health.js";
+import { unaryFastPath } from "./unary-fast-path.js";
 import { registerReflection } from "./reflection.js";
 import { cutOffAt, errorMapping, refuseWhileDraining, rpcLog } from "./interceptors.js";
 import { metricsHandler, rpcServerMetrics } from "./metrics.js";
@@ -103,23 +104,26 @@ export async function startServer(spec: ServiceSpec, opts: ServerOptions): Promi
   // The service's own HTTP routes get a SERVER span; health and metrics endpoints do not.
   const fallback = spec.fallback && tracing ? tracedHttpHandler(spec.fallback, (path) => ADMIN_PATHS.has(path)) : spec.fallback;
   const adminRoutes = adminHandler(spec, fallback, draining.signal, logger, metrics);
+  // Tracing first: the span covers everything and everything (metrics, logs) runs inside it.
+  // Then metrics: they time the whole chain and see the code the client gets (after errorMapping).
+  const interceptors: Interceptor[] = [
+    ...(tracing ? [rpcServerTracing()] : []),
+    ...(metrics ? [rpcServerMetrics()] : []),
+    rpcLog(logger),
+    errorMapping(logger),
+    refuseWhileDraining(draining.signal),
+    cutOffAt(hardStop.signal),
+    ...(spec.interceptors ?? []),
+  ];
+  const fastPath = unaryFastPath({ interceptors, shutdownSignal: hardStop.signal, readMaxBytes: opts.maxRequestBytes });
   const handler = connectNodeAdapter({
     routes: (router) => {
-      spec.routes(router, draining.signal);
-      registerHealth(router, health, { stopWatches: draining.signal });
-      registerReflection(router, spec.services);
+      const recording = fastPath.recording(router);
+      spec.routes(recording, draining.signal);
+      registerHealth(recording, health, { stopWatches: draining.signal });
+      registerReflection(recording, spec.services);
     },
-    // Tracing first: the span covers everything and everything (metrics, logs) runs inside it.
-    // Then metrics: they time the whole chain and see the code the client gets (after errorMapping).
-    interceptors: [
-      ...(tracing ? [rpcServerTracing()] : []),
-      ...(metrics ? [rpcServerMetrics()] : []),
-      rpcLog(logger),
-      errorMapping(logger),
-      refuseWhileDraining(draining.signal),
-      cutOffAt(hardStop.signal),
-      ...(spec.interceptors ?? []),
-    ],
+    interceptors,
     readMaxBytes: opts.maxRequestBytes,
     shutdownSignal: hardStop.signal,
     // A typo in a payment request should fail loudly, not be dropped.
@@ -147,8 +151,8 @@ export async function startServer(spec: ServiceSpec, opts: ServerOptions): Promi
     });
     // HTTP/1.1 keep-alive connections close after their last response; HTTP/2 has GOAWAY.
     if (draining.signal.aborted && req.httpVersionMajor === 1) res.setHeader("Connection", "close");
-    if (spec.relay && !draining.signal.aborted) spec.relay(req, res, () => handler(req, res));
-    else handler(req, res);
+    if (spec.relay && !draining.signal.aborted) spec.relay(req, res, () => fastPath.handle(req, res) || handler(req, res));
+    else if (!fastPath.handle(req, res)) handler(req, res);
   };
 
   const h1 = http.createServer(tracked);
