@@ -69,10 +69,23 @@ function unaryCall<I extends DescMessage, O extends DescMessage>(session: http2.
     } catch (err) {
       return reject(new ConnectError(`${req.service.typeName} is unavailable`, Code.Unavailable, undefined, undefined, err));
     }
+    let settled = false;
+    const settle = (outcome: () => UnaryResponse<I, O>) => {
+      if (settled) return;
+      settled = true;
+      req.signal.removeEventListener("abort", onAbort);
+      try {
+        resolve(outcome());
+      } catch (err) {
+        reject(err);
+      }
+    };
     // The deadline or the caller's cancellation (runUnaryCall aborts the signal with the reason).
     const onAbort = () => {
       stream.close(http2.constants.NGHTTP2_CANCEL);
-      reject(ConnectError.from(req.signal.reason, Code.Canceled));
+      settle(() => {
+        throw ConnectError.from(req.signal.reason, Code.Canceled);
+      });
     };
     if (req.signal.aborted) return onAbort();
     req.signal.addEventListener("abort", onAbort, { once: true });
@@ -84,44 +97,44 @@ function unaryCall<I extends DescMessage, O extends DescMessage>(session: http2.
       responseHeaders = h;
     });
     stream.on("data", (chunk: Buffer) => chunks.push(chunk));
-    stream.once("end", () => {
-      req.signal.removeEventListener("abort", onAbort);
-      const bytes = chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks);
-      // Connect sends a unary call's trailers as headers prefixed "trailer-".
-      const header = new Headers();
-      const trailer = new Headers();
-      for (const [name, value] of Object.entries(responseHeaders)) {
-        if (name[0] === ":" || value === undefined) continue;
-        const text = Array.isArray(value) ? value.join(", ") : String(value);
-        if (name.startsWith("trailer-")) trailer.append(name.slice(8), text);
-        else header.append(name, text);
-      }
-      if (status === 0) return reject(new ConnectError(`${req.service.typeName} closed the call without an answer`, Code.Unavailable));
-      if (status !== 200) {
-        // The error the body describes; errorFromJsonBytes throws its fallback when there is none.
-        try {
-          return reject(errorFromJsonBytes(bytes, header, new ConnectError(`HTTP ${status}`, codeFromHttpStatus(status))));
-        } catch (err) {
-          return reject(err);
-        }
-      }
-      try {
-        resolve({ stream: false, service: req.service, method: req.method, header, message: fromBinary(req.method.output, bytes), trailer });
-      } catch (err) {
-        reject(new ConnectError("the response could not be decoded", Code.Internal, undefined, undefined, err));
-      }
-    });
-    stream.once("error", (err) => {
-      req.signal.removeEventListener("abort", onAbort);
-      reject(new ConnectError(`${req.service.typeName}: ${err.message}`, Code.Unavailable, undefined, undefined, err));
-    });
-    // Closed without an end or an error (reset with NO_ERROR): no answer came. Settled calls ignore it.
-    stream.once("close", () => {
-      req.signal.removeEventListener("abort", onAbort);
-      reject(new ConnectError(`${req.service.typeName} closed the call without an answer`, Code.Unavailable));
-    });
+    stream.once("end", () => settle(() => answer(req, status, responseHeaders, chunks)));
+    stream.once("error", (err) =>
+      settle(() => {
+        throw new ConnectError(`${req.service.typeName}: ${err.message}`, Code.Unavailable, undefined, undefined, err);
+      }),
+    );
+    // Closed without an end or an error (reset with NO_ERROR): no answer came.
+    stream.once("close", () =>
+      settle(() => {
+        throw new ConnectError(`${req.service.typeName} closed the call without an answer`, Code.Unavailable);
+      }),
+    );
     stream.end(body);
   });
+}
+
+/** The response to a unary call, or the error it carries (thrown). */
+function answer<I extends DescMessage, O extends DescMessage>(req: UnaryRequest<I, O>, status: number, responseHeaders: http2.IncomingHttpHeaders, chunks: Buffer[]): UnaryResponse<I, O> {
+  if (status === 0) throw new ConnectError(`${req.service.typeName} closed the call without an answer`, Code.Unavailable);
+  const bytes = chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks);
+  // Connect sends a unary call's trailers as headers prefixed "trailer-".
+  const header = new Headers();
+  const trailer = new Headers();
+  for (const [name, value] of Object.entries(responseHeaders)) {
+    if (name[0] === ":" || value === undefined) continue;
+    const text = Array.isArray(value) ? value.join(", ") : String(value);
+    if (name.startsWith("trailer-")) trailer.append(name.slice(8), text);
+    else header.append(name, text);
+  }
+  // The error the body describes (errorFromJsonBytes throws its fallback when there is none).
+  if (status !== 200) throw errorFromJsonBytes(bytes, header, new ConnectError(`HTTP ${status}`, codeFromHttpStatus(status)));
+  let message;
+  try {
+    message = fromBinary(req.method.output, bytes);
+  } catch (err) {
+    throw new ConnectError("the response could not be decoded", Code.Internal, undefined, undefined, err);
+  }
+  return { stream: false, service: req.service, method: req.method, header, message, trailer };
 }
 
 export function upstreamClient<S extends DescService>(service: S, transport: Transport): Client<S> {

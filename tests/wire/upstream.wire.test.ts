@@ -19,12 +19,15 @@ const options = (port: number): ServerOptions => ({ host: "127.0.0.1", port, max
 
 /** How each call of the test FxService ended at the server, by quote currency. */
 const ended = new Map<string, string>();
+/** The time each call had left when it reached the server (ctx.timeoutMs()), by quote currency. */
+const timeLeft = new Map<string, number | undefined>();
 
 function routes(router: ConnectRouter) {
   router.service(FxService, {
     async getRate(req: GetRateRequest, ctx: HandlerContext) {
       if (req.baseCurrency === "BAD") throw invalidArgument("UNKNOWN_CURRENCY", "base_currency", "base_currency: no currency \"BAD\"");
       if (req.baseCurrency === "WAIT") {
+        timeLeft.set(req.quoteCurrency, ctx.timeoutMs());
         await new Promise<void>((resolve) => ctx.signal.addEventListener("abort", () => resolve(), { once: true }));
         ended.set(req.quoteCurrency, Code[ConnectError.from(ctx.signal.reason).code]);
         throw ConnectError.from(ctx.signal.reason);
@@ -67,11 +70,14 @@ describe("upstreamTransport: unary calls", () => {
     expect(err.findDetails(ErrorDetailSchema)[0]).toMatchObject({ reason: "UNKNOWN_CURRENCY", field: "base_currency" });
   });
 
-  it("the deadline goes to the server and ends the call there too: DEADLINE_EXCEEDED", async () => {
+  it("the deadline goes to the server, and the call ends there too: DEADLINE_EXCEEDED for the caller", async () => {
     const fx = upstreamClient(FxService, upstreamTransport(server.url));
     const err = ConnectError.from(await fx.getRate({ baseCurrency: "WAIT", quoteCurrency: "deadline" }, { timeoutMs: 200 }).catch((e: unknown) => e));
     expect(err.code).toBe(Code.DeadlineExceeded);
-    expect(await waitFor(() => ended.get("deadline"), "the server saw the call end")).toBe("DeadlineExceeded");
+    const left = timeLeft.get("deadline");
+    expect(left !== undefined && left > 0 && left <= 200, `time left at the server: ${left}`).toBe(true);
+    // Its own deadline, or the caller's reset when the caller's timer fired first.
+    expect(["DeadlineExceeded", "Canceled"]).toContain(await waitFor(() => ended.get("deadline"), "the server saw the call end"));
   });
 
   it("a caller that cancels ends the call at the server: CANCELED on both sides", async () => {
