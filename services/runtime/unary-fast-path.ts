@@ -53,7 +53,8 @@ export function unaryFastPath(opts: { interceptors: Interceptor[]; shutdownSigna
       size += chunk.length;
       if (size <= opts.readMaxBytes) chunks.push(chunk);
     });
-    req.once("end", () => void serve(req, stream, spec, timeout === undefined ? undefined : Number(timeout), chunks, size));
+    // serve() answers every outcome itself; a failure to write the answer can only leave the stream to be reset.
+    req.once("end", () => void serve(req, stream, spec, timeout === undefined ? undefined : Number(timeout), chunks, size).catch(() => stream.destroy()));
     return true;
   };
 
