@@ -12,7 +12,9 @@
 // refuses it), and every call once the server drains.
 import http2 from "node:http2";
 import type http from "node:http";
-import { Code } from "@connectrpc/connect";
+import { Code, ConnectError } from "@connectrpc/connect";
+import { codeFromString, codeToHttpStatus, errorToJsonBytes, parseTimeout as parseConnectTimeout } from "@connectrpc/connect/protocol-connect";
+import { parseTimeout as parseGrpcTimeout } from "@connectrpc/connect/protocol-grpc";
 import { context } from "@opentelemetry/api";
 import { PaymentsService } from "../gen/paygate/payments/v1/payments_pb.js";
 import { MERCHANT_HEADER } from "../runtime/headers.js";
@@ -32,9 +34,6 @@ const UNARY = new Map(PaymentsService.methods.filter((m) => m.methodKind === "un
 /** Request headers not passed on: the caller's credentials, and those the relay sets itself. */
 const NOT_PASSED = new Set(["authorization", "x-api-key", MERCHANT_HEADER, "traceparent", "tracestate", "grpc-timeout", "connect-timeout-ms"]);
 
-const CODES = new Map(Object.values(Code).filter((c): c is Code => typeof c === "number").map((c) => [codeName(c), c]));
-/** The HTTP status of a Connect unary error, for the errors the relay answers itself. */
-const CONNECT_STATUS: Partial<Record<Code, number>> = { [Code.Unavailable]: 503, [Code.DeadlineExceeded]: 504 };
 /** At most this much of a Connect error body is kept to read its code. */
 const MAX_ERROR_BODY = 64 * 1024;
 
@@ -44,35 +43,18 @@ interface Call {
   timeoutMs: number;
 }
 
-/** The call a request is, if the relay takes it. */
+/** The call a request is, if the relay takes it (a malformed deadline is left to the handler, which refuses it). */
 function relayable(req: http.IncomingMessage, defaultTimeoutMs: number): Call | undefined {
   if (req.httpVersionMajor !== 2 || req.method !== "POST") return undefined;
   const method = UNARY.get(req.url ?? "");
   if (method === undefined) return undefined;
   const type = (req.headers["content-type"] ?? "").split(";")[0]!.trim().toLowerCase();
-  if (type === "application/grpc" || type === "application/grpc+proto" || type === "application/grpc+json") {
-    const timeoutMs = grpcTimeoutMs(req.headers["grpc-timeout"], defaultTimeoutMs);
-    return timeoutMs === undefined ? undefined : { protocol: "grpc", method, timeoutMs };
-  }
-  if (type === "application/proto" || type === "application/json") {
-    const timeoutMs = connectTimeoutMs(req.headers["connect-timeout-ms"], defaultTimeoutMs);
-    return timeoutMs === undefined ? undefined : { protocol: "connect", method, timeoutMs };
-  }
-  return undefined;
-}
-
-const GRPC_UNITS: Record<string, number> = { H: 3_600_000, M: 60_000, S: 1000, m: 1, u: 1e-3, n: 1e-6 };
-
-/** The deadline a gRPC caller set (undefined when it is malformed: the handler refuses it). */
-function grpcTimeoutMs(header: string | string[] | undefined, fallback: number): number | undefined {
-  if (header === undefined) return fallback;
-  const m = typeof header === "string" ? /^(\d{1,8})([HMSmun])$/.exec(header) : null;
-  return m ? Math.max(1, Math.ceil(Number(m[1]) * GRPC_UNITS[m[2]!]!)) : undefined;
-}
-
-function connectTimeoutMs(header: string | string[] | undefined, fallback: number): number | undefined {
-  if (header === undefined) return fallback;
-  return typeof header === "string" && /^\d{1,10}$/.test(header) ? Math.max(1, Number(header)) : undefined;
+  const protocol = type === "application/grpc" || type === "application/grpc+proto" || type === "application/grpc+json" ? "grpc" : type === "application/proto" || type === "application/json" ? "connect" : undefined;
+  if (protocol === undefined) return undefined;
+  const header = headerValue(req.headers[protocol === "grpc" ? "grpc-timeout" : "connect-timeout-ms"]) ?? null;
+  const timeout = (protocol === "grpc" ? parseGrpcTimeout : parseConnectTimeout)(header, Number.MAX_SAFE_INTEGER);
+  if (timeout.error) return undefined;
+  return { protocol, method, timeoutMs: timeout.timeoutMs ?? defaultTimeoutMs };
 }
 
 export function paymentsRelay(opts: { upstreamUrl: string; merchants: Merchants; defaultTimeoutMs: number; logger: Logger }): RequestRelay & { close(): void } {
@@ -106,8 +88,8 @@ export function paymentsRelay(opts: { upstreamUrl: string; merchants: Merchants;
         else if (call.protocol === "grpc") {
           stream.respond({ ":status": 200, "content-type": "application/grpc", "grpc-status": String(code), "grpc-message": encodeURIComponent(message) }, { endStream: true });
         } else {
-          stream.respond({ ":status": CONNECT_STATUS[code] ?? 500, "content-type": "application/json" });
-          stream.end(JSON.stringify({ code: codeName(code), message }));
+          stream.respond({ ":status": codeToHttpStatus(code), "content-type": "application/json" });
+          stream.end(errorToJsonBytes(new ConnectError(message, code), {}));
         }
       }
       finish(code);
@@ -193,14 +175,14 @@ const headerValue = (v: string | string[] | undefined) => (Array.isArray(v) ? v[
 /** A gRPC status header's code (undefined: OK). */
 function grpcCode(h: http2.IncomingHttpHeaders): Code | undefined {
   const status = Number(headerValue(h["grpc-status"]) ?? Code.Unknown);
-  return status === 0 ? undefined : CODES.has(codeName(status)) ? (status as Code) : Code.Unknown;
+  return status === 0 ? undefined : Code[status] !== undefined && Number.isInteger(status) ? (status as Code) : Code.Unknown;
 }
 
 /** The code of a Connect unary error body ({"code": "not_found", ...}). */
 function connectCode(body: Buffer[]): Code {
   try {
     const { code } = JSON.parse(Buffer.concat(body).toString("utf8")) as { code?: unknown };
-    return (typeof code === "string" && CODES.get(code)) || Code.Unknown;
+    return (typeof code === "string" && codeFromString(code)) || Code.Unknown;
   } catch {
     return Code.Unknown;
   }
