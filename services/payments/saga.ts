@@ -1,4 +1,7 @@
-// The payment saga: risk -> fx quote (when currencies differ) -> wallet hold -> capture.
+// The payment saga: risk and, when currencies differ, an fx quote (asked at once: neither
+// needs the other) -> wallet hold -> capture. Risk's answer is read first, so a decline ends
+// the payment whatever fx said; the quote fx made for it then stays used by a FAILED payment,
+// and no money moved.
 // Every step is idempotent on the payment id (risk scores a payment once, a quote is used
 // once per reference, the hold id is the payment id), so the saga can be run again from the
 // top after any interruption — a crash, a timeout — and money still moves exactly once.
@@ -74,6 +77,9 @@ function step<T>(name: string, p: PaymentRecord, fn: () => Promise<T>): Promise<
   return withSpan(`saga.${name}`, { ...attrs }, () => withAttributes(attrs, fn));
 }
 
+/** The terms of a cross-currency hold. */
+type FxTerms = { rate: string; quoteId: string; destinationAmount: ReturnType<typeof money> };
+
 export class Saga {
   constructor(
     private readonly store: PaymentStore,
@@ -108,23 +114,16 @@ export class Saga {
   }
 
   private async authorize(p: PaymentRecord, call: CallOptions, complete: KeyCompletion | undefined): Promise<PaymentRecord> {
+    // Risk and the fx quote do not depend on each other: both are asked at once, and risk's
+    // answer is read first (a decline or refusal ends the payment whatever fx said).
+    const [scoring, quoting] = await Promise.allSettled([
+      p.riskDecisionId === "" ? this.score(p, call) : undefined,
+      p.settlementCurrency !== p.currency ? this.quote(p, call) : undefined,
+    ]);
     let facts: PaymentPatch = {};
-    if (p.riskDecisionId === "") {
-      const source = await this.accounts.get(p.sourceAccountId, call.signal);
-      const scored = await refusal(step("risk", p, () =>
-        this.up.risk.score(
-          {
-            paymentId: p.id,
-            accountId: p.sourceAccountId,
-            destinationAccountId: p.destinationAccountId,
-            amount: money(p.currency, p.amountMinor),
-            accountCurrency: source.currency,
-            accountOpenedAt: source.createdAt,
-            merchantId: p.merchantId,
-          },
-          call,
-        ),
-      ));
+    if (scoring.status === "rejected") throw scoring.reason;
+    const scored = scoring.value;
+    if (scored !== undefined) {
       if ("refused" in scored) return this.refused(p, scored.refused, facts, complete);
       const { decision } = scored;
       facts = { riskDecisionId: decision!.id, riskScore: decision!.score };
@@ -133,28 +132,11 @@ export class Saga {
         return this.fail(p, "RISK_DECLINED", `declined by risk (score ${decision!.score}: ${reasons})`, facts, complete);
       }
     }
-
-    let fx: { rate: string; quoteId: string; destinationAmount: ReturnType<typeof money> } | undefined;
-    if (p.settlementCurrency !== p.currency) {
-      if (p.fxQuoteId === null) {
-        // A quote made and used for this payment in one call. Asked again (a resumed saga),
-        // fx returns the same quote, so the hold is placed on the same terms; the terms are
-        // stored with the payment's outcome.
-        const quoted = await refusal(step("fx_quote", p, () =>
-          this.up.fx.createQuote({ source: { case: "amount", value: money(p.currency, p.amountMinor) }, toCurrency: p.settlementCurrency, useReference: p.id }, call),
-        ));
-        if ("refused" in quoted) return this.refused(p, quoted.refused, facts, complete);
-        const { quote } = quoted;
-        facts = { ...facts, fxQuoteId: quote!.id, fxRate: quote!.rate, settlementMinor: quote!.converted!.amountMinor };
-        fx = { rate: quote!.rate, quoteId: quote!.id, destinationAmount: quote!.converted! };
-      } else {
-        // A payment an earlier version of this service quoted (and stored the quote) first:
-        // it uses that quote up on behalf of the payment (the same payment may use it again).
-        const used = await refusal(step("fx_use", p, () => this.up.fx.convert({ quoteId: p.fxQuoteId!, reference: p.id }, call)));
-        if ("refused" in used) return this.refused(p, used.refused, facts, complete);
-        fx = { rate: p.fxRate!, quoteId: p.fxQuoteId!, destinationAmount: money(p.settlementCurrency, p.settlementMinor!) };
-      }
-    }
+    if (quoting.status === "rejected") throw quoting.reason;
+    const quoted = quoting.value;
+    if (quoted !== undefined && "refused" in quoted) return this.refused(p, quoted.refused, facts, complete);
+    if (quoted?.facts) facts = { ...facts, ...quoted.facts };
+    const fx = quoted?.fx;
 
     const automatic = p.captureMethod === "AUTOMATIC";
     const reserved = await refusal(step(automatic ? "wallet_reserve_capture" : "wallet_reserve", p, () =>
@@ -171,6 +153,48 @@ export class Saga {
     if (!automatic || hold?.status !== HoldStatus.CAPTURED) return this.store.transition(p, authorized, { complete });
     const captured = { capturedMinor: p.amountMinor, settlementCapturedMinor: hold.capturedDestinationAmount!.amountMinor };
     return this.store.transition(p, [authorized, { to: "CAPTURED", event: "payment.captured", patch: captured }], { complete });
+  }
+
+  /** Risk's decision on the payment, or its permanent refusal. */
+  private async score(p: PaymentRecord, call: CallOptions) {
+    const source = await this.accounts.get(p.sourceAccountId, call.signal);
+    return refusal(step("risk", p, () =>
+      this.up.risk.score(
+        {
+          paymentId: p.id,
+          accountId: p.sourceAccountId,
+          destinationAccountId: p.destinationAccountId,
+          amount: money(p.currency, p.amountMinor),
+          accountCurrency: source.currency,
+          accountOpenedAt: source.createdAt,
+          merchantId: p.merchantId,
+        },
+        call,
+      ),
+    ));
+  }
+
+  /** The fx terms the hold is placed on (and the facts to store), or fx's permanent refusal. */
+  private async quote(p: PaymentRecord, call: CallOptions): Promise<{ fx: FxTerms; facts?: PaymentPatch } | { refused: ConnectError }> {
+    if (p.fxQuoteId === null) {
+      // A quote made and used for this payment in one call. Asked again (a resumed saga),
+      // fx returns the same quote, so the hold is placed on the same terms; the terms are
+      // stored with the payment's outcome.
+      const quoted = await refusal(step("fx_quote", p, () =>
+        this.up.fx.createQuote({ source: { case: "amount", value: money(p.currency, p.amountMinor) }, toCurrency: p.settlementCurrency, useReference: p.id }, call),
+      ));
+      if ("refused" in quoted) return quoted;
+      const { quote } = quoted;
+      return {
+        fx: { rate: quote!.rate, quoteId: quote!.id, destinationAmount: quote!.converted! },
+        facts: { fxQuoteId: quote!.id, fxRate: quote!.rate, settlementMinor: quote!.converted!.amountMinor },
+      };
+    }
+    // A payment an earlier version of this service quoted (and stored the quote) first:
+    // it uses that quote up on behalf of the payment (the same payment may use it again).
+    const used = await refusal(step("fx_use", p, () => this.up.fx.convert({ quoteId: p.fxQuoteId!, reference: p.id }, call)));
+    if ("refused" in used) return used;
+    return { fx: { rate: p.fxRate!, quoteId: p.fxQuoteId!, destinationAmount: money(p.settlementCurrency, p.settlementMinor!) } };
   }
 
   /** Captures `amountMinor` (all when undefined) of an authorized payment; the rest of the hold is released. */

@@ -2,7 +2,7 @@
 // makes of answers the real services rarely give — a wallet that leaves an automatic
 // payment's hold pending, a permanent refusal from risk or fx — and that nothing moves then;
 // and which fx calls a cross-currency payment makes.
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { fileURLToPath } from "node:url";
 import { create } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
@@ -156,6 +156,59 @@ describe("saga against scripted upstreams", () => {
     const p = await saga.run(await start({ settlementCurrency: "JPY", settlementMinor: 149_00n, fxQuoteId: "qt_earlier", fxRate: "149" }), {});
     expect(p).toMatchObject({ status: "CAPTURED", fxQuoteId: "qt_earlier", fxRate: "149", settlementMinor: 149_00n });
     expect(calls.filter((c) => c.startsWith("fx.") || c.startsWith("wallet.reserve"))).toEqual([`fx.convert(qt_earlier, reference=${p.id})`, "wallet.reserve(capture=true, fx=qt_earlier@149)"]);
+  });
+
+  it("a cross-currency payment asks risk and fx at once: both calls are out before either answers", async () => {
+    let release!: () => void;
+    const held = new Promise<void>((r) => (release = r));
+    const score = risk.score;
+    (risk as { score: unknown }).score = async (...args: unknown[]) => {
+      await held; // risk answers only once fx has been asked
+      return (score as (...a: unknown[]) => unknown)(...args);
+    };
+    try {
+      const running = saga.run(await start({ settlementCurrency: "JPY", settlementMinor: null }), {});
+      await vi.waitFor(() => expect(calls.some((c) => c.startsWith("fx.createQuote"))).toBe(true));
+      release();
+      expect((await running).status).toBe("CAPTURED");
+    } finally {
+      (risk as { score: unknown }).score = score;
+    }
+  });
+
+  it("a risk decline of a cross-currency payment ends it FAILED RISK_DECLINED whatever fx answered, and nothing reaches the wallet", async () => {
+    const score = risk.score;
+    (risk as { score: unknown }).score = async () => {
+      calls.push("risk.score");
+      return { decision: create(DecisionSchema, { id: "rd_decline", score: 95, outcome: Outcome.DECLINE }) };
+    };
+    try {
+      for (const fxAnswer of ["a quote", "a refusal", "unavailable"] as const) {
+        quoteRefusal = fxAnswer === "a refusal" ? refusal(Code.InvalidArgument, "UNSUPPORTED_CURRENCY", "not quoted") : fxAnswer === "unavailable" ? new ConnectError("fx is down", Code.Unavailable) : undefined;
+        const p = await saga.run(await start({ settlementCurrency: "JPY", settlementMinor: null }), {});
+        expect({ fxAnswer, status: p.status, reason: p.failureReason, decision: p.riskDecisionId }).toEqual({ fxAnswer, status: "FAILED", reason: "RISK_DECLINED", decision: "rd_decline" });
+        expect(calls.some((c) => c.startsWith("wallet.reserve"))).toBe(false);
+      }
+    } finally {
+      (risk as { score: unknown }).score = score;
+      quoteRefusal = undefined;
+    }
+  });
+
+  it("risk unavailable while fx quoted: the payment waits for the sweep; resumed, it gets the same quote and places the hold once", async () => {
+    riskRefusal = new ConnectError("risk is down", Code.Unavailable);
+    let p: PaymentRecord;
+    try {
+      p = await saga.run(await start({ settlementCurrency: "JPY", settlementMinor: null }), {});
+      expect(p.status).toBe("PENDING");
+      expect(calls.some((c) => c.startsWith("wallet.reserve"))).toBe(false);
+    } finally {
+      riskRefusal = undefined;
+    }
+    calls.length = 0;
+    const resumed = await saga.run(p, {});
+    expect(resumed).toMatchObject({ status: "CAPTURED", fxQuoteId: "qt_saga", riskDecisionId: "rd_saga" });
+    expect(calls.filter((c) => c.startsWith("fx.") || c.startsWith("wallet.reserve"))).toEqual([`fx.createQuote(use_reference=${p.id})`, "wallet.reserve(capture=true, fx=qt_saga@150.25)"]);
   });
 
   it("a transient failure leaves the payment PENDING for the recovery sweep", async () => {
