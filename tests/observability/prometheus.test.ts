@@ -22,7 +22,8 @@ import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { parse, stringify } from "yaml";
 import { CaptureMethod, PaymentStatus, type Payment } from "../../services/gen/paygate/payments/v1/payments_pb.js";
-import { ACME, freePort, gatewayClients, GLOBEX, minor, repoRoot, startStack, tempDir, waitFor, type GatewayClients, type Stack } from "../support/stack.js";
+import { freePort } from "../support/ports.js";
+import { ACME, gatewayClients, GLOBEX, minor, repoRoot, startStack, tempDir, waitFor, type GatewayClients, type Stack } from "../support/stack.js";
 import { onPath } from "../support/executables.js";
 
 vi.setConfig({ testTimeout: 60_000, hookTimeout: 180_000 });

@@ -21,7 +21,8 @@ import { FxService } from "../../services/gen/paygate/fx/v1/fx_pb.js";
 import { PaymentsService, PaymentStatus } from "../../services/gen/paygate/payments/v1/payments_pb.js";
 import { ConfigError } from "../../services/runtime/config.js";
 import { exportersFromEnv } from "../../services/runtime/tracing.js";
-import { ACME, bearer, freePort, repoRoot, sleep, waitFor } from "../support/stack.js";
+import { freePort } from "../support/ports.js";
+import { ACME, bearer, repoRoot, sleep, waitFor } from "../support/stack.js";
 
 vi.setConfig({ testTimeout: 60_000 });
 

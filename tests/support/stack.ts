@@ -24,7 +24,6 @@
 import { spawn, type ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
-import net from "node:net";
 import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
@@ -47,6 +46,7 @@ import { createLogger } from "../../services/runtime/logger.js";
 import { money, parseDecimalAmount } from "../../services/runtime/money.js";
 import { startServer, type RunningServer } from "../../services/runtime/server.js";
 import { startWallet } from "../../services/wallet/main.js";
+import { freePort } from "./ports.js";
 import type { Backend } from "./postgres.js";
 
 export const repoRoot = fileURLToPath(new URL("../../", import.meta.url));
@@ -421,18 +421,6 @@ export async function waitFor<T>(fn: () => T | Promise<T>, what: string, timeout
     if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${lastError ? ` (last error: ${String(lastError)})` : ""}`);
     await sleep(intervalMs);
   }
-}
-
-/** A port that was free a moment ago (for a child process, whose port must be known up front). */
-export function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = net.createServer();
-    server.once("error", reject);
-    server.listen(0, "127.0.0.1", () => {
-      const { port } = server.address() as net.AddressInfo;
-      server.close(() => resolve(port));
-    });
-  });
 }
 
 /** The ConnectError a promise rejects with; throws if it resolves or rejects with something else. */

@@ -127,18 +127,6 @@ export function grpcErrorDetails(err: grpc.ServiceError): ErrorDetail[] {
     .map((d) => fromBinary(ErrorDetailSchema, d.value));
 }
 
-/** A port that was free a moment ago (for child processes, whose ports must be known up front). */
-export function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = net.createServer();
-    server.once("error", reject);
-    server.listen(0, "127.0.0.1", () => {
-      const { port } = server.address() as net.AddressInfo;
-      server.close(() => resolve(port));
-    });
-  });
-}
-
 export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
 /** Polls `fn` until it returns a truthy value (returned), or fails after `timeoutMs`. */

@@ -15,7 +15,8 @@ import { notFound } from "../../services/runtime/errors.js";
 import { createLogger } from "../../services/runtime/logger.js";
 import { registry } from "../../services/runtime/metrics.js";
 import { startServer, type RunningServer, type ServerOptions } from "../../services/runtime/server.js";
-import { freePort, waitFor } from "../support/wire.js";
+import { freePort } from "../support/ports.js";
+import { waitFor } from "../support/wire.js";
 
 vi.setConfig({ testTimeout: 30_000, hookTimeout: 30_000 });
 

@@ -12,8 +12,8 @@ import { FxService } from "../../services/gen/paygate/fx/v1/fx_pb.js";
 import { createLogger } from "../../services/runtime/logger.js";
 import { startServer, type RunningServer, type ServerOptions, type ServiceSpec } from "../../services/runtime/server.js";
 import { downstream, upstreamClient, upstreamTransport } from "../../services/runtime/upstream.js";
+import { freePort } from "../support/ports.js";
 import {
-  freePort,
   FxGrpc,
   grpcClient,
   grpcServerStream,

@@ -10,7 +10,8 @@ import { invalidArgument } from "../../services/runtime/errors.js";
 import { createLogger } from "../../services/runtime/logger.js";
 import { startServer, type RunningServer, type ServerOptions } from "../../services/runtime/server.js";
 import { upstreamClient, upstreamTransport } from "../../services/runtime/upstream.js";
-import { freePort, waitFor } from "../support/wire.js";
+import { freePort } from "../support/ports.js";
+import { waitFor } from "../support/wire.js";
 
 vi.setConfig({ testTimeout: 30_000, hookTimeout: 30_000 });
 
