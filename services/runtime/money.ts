@@ -87,7 +87,7 @@ export function parseDecimalAmount(text: string, currency: string, field: string
     throw invalidArgument(
       "TOO_MANY_DECIMALS",
       field,
-      `${field}: ${quote(text)} has ${frac.length} decimal places but ${code} allows at most ${minorUnits}`,
+      `${field}: ${quote(text)} has ${frac.length} decimal place${frac.length === 1 ? "" : "s"} but ${code} allows at most ${minorUnits}`,
       { max_decimals: String(minorUnits) },
     );
   }
