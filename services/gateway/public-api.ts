@@ -2,7 +2,7 @@
 // merchant taken from the API key (never from the request) and every call forwarded to the
 // internal service with the caller's deadline. Wallet exposes only reads of the merchant's
 // own accounts; moving money happens through payments.
-import { createContextKey, type CallOptions, type Client, type HandlerContext, type Interceptor, type ServiceImpl } from "@connectrpc/connect";
+import { ConnectError, createContextKey, type CallOptions, type Client, type HandlerContext, type Interceptor, type ServiceImpl } from "@connectrpc/connect";
 import { FxService } from "../gen/paygate/fx/v1/fx_pb.js";
 import { PaymentsService } from "../gen/paygate/payments/v1/payments_pb.js";
 import { WalletService } from "../gen/paygate/wallet/v1/wallet_pb.js";
@@ -66,13 +66,23 @@ export function publicApi(up: Upstreams, upstreamTimeoutMs: number) {
     const opts = fwd(ctx);
     return { ...opts, headers: { ...(opts.headers as Record<string, string> | undefined), [MERCHANT_HEADER]: merchantOf(ctx) } };
   };
+  /** A write's answer; a failure payments replays for its Idempotency-Key keeps its replay marker. */
+  const write = async <T>(ctx: HandlerContext, call: Promise<T>): Promise<T> => {
+    try {
+      return await call;
+    } catch (err) {
+      const replayed = err instanceof ConnectError ? err.metadata.get(REPLAYED_HEADER) : null;
+      if (replayed) ctx.responseHeader.set(REPLAYED_HEADER, replayed);
+      throw err;
+    }
+  };
   const payments: ServiceImpl<typeof PaymentsService> = {
-    createPayment: (req, ctx) => up.payments.createPayment(req, asMerchant(ctx)),
+    createPayment: (req, ctx) => write(ctx, up.payments.createPayment(req, asMerchant(ctx))),
     getPayment: (req, ctx) => up.payments.getPayment(req, asMerchant(ctx)),
     listPayments: (req, ctx) => up.payments.listPayments(req, asMerchant(ctx)),
-    capturePayment: (req, ctx) => up.payments.capturePayment(req, asMerchant(ctx)),
-    cancelPayment: (req, ctx) => up.payments.cancelPayment(req, asMerchant(ctx)),
-    refundPayment: (req, ctx) => up.payments.refundPayment(req, asMerchant(ctx)),
+    capturePayment: (req, ctx) => write(ctx, up.payments.capturePayment(req, asMerchant(ctx))),
+    cancelPayment: (req, ctx) => write(ctx, up.payments.cancelPayment(req, asMerchant(ctx))),
+    refundPayment: (req, ctx) => write(ctx, up.payments.refundPayment(req, asMerchant(ctx))),
     watchPayment: (req, ctx) => up.payments.watchPayment(req, { signal: ctx.signal, headers: { [MERCHANT_HEADER]: merchantOf(ctx) } }),
     streamPaymentEvents: (req, ctx) => up.payments.streamPaymentEvents(req, { signal: ctx.signal, headers: { [MERCHANT_HEADER]: merchantOf(ctx) } }),
   };

@@ -82,10 +82,14 @@ export function restRoutes(api: Api, risk: Client<typeof RiskService>, merchants
           settlementCurrency: typeof body.settlement_currency === "string" ? body.settlement_currency : "",
           captureMethod: captureMethod === "manual" ? CaptureMethod.MANUAL : CaptureMethod.AUTOMATIC,
         });
-        const { payment } = create(CreatePaymentResponseSchema, await api.payments.createPayment(request, ctx));
-        const replayed = ctx.responseHeader.get(REPLAYED_HEADER);
-        if (replayed) headers[REPLAYED_HEADER] = replayed;
-        return paymentJson(payment!);
+        try {
+          const { payment } = create(CreatePaymentResponseSchema, await api.payments.createPayment(request, ctx));
+          return paymentJson(payment!);
+        } finally {
+          // A replay is marked whether it repeats a payment or a refusal.
+          const replayed = ctx.responseHeader.get(REPLAYED_HEADER);
+          if (replayed) headers[REPLAYED_HEADER] = replayed;
+        }
       },
     },
     {
@@ -189,7 +193,7 @@ export function restRoutes(api: Api, risk: Client<typeof RiskService>, merchants
       const headers: Record<string, string> = {};
       route.handle(req, url, match.slice(1).map(decodeURIComponent), headers).then(
         (body) => sendJson(res, 200, body, headers),
-        (err: unknown) => sendError(res, err, logger),
+        (err: unknown) => sendError(res, err, logger, headers),
       );
       return;
     }
@@ -276,7 +280,7 @@ function sendJson(res: Response, status: number, body: unknown, headers: Record<
   res.end(JSON.stringify(body));
 }
 
-function sendError(res: Response, err: unknown, logger: Logger): void {
+function sendError(res: Response, err: unknown, logger: Logger, headers: Record<string, string>): void {
   let connect: ConnectError;
   if (err instanceof DomainError) connect = toConnectError(err);
   else if (err instanceof ConnectError) connect = err;
@@ -285,7 +289,10 @@ function sendError(res: Response, err: unknown, logger: Logger): void {
     connect = new ConnectError("internal error", Code.Internal);
   }
   const detail = connect.findDetails(ErrorDetailSchema)[0];
-  sendJson(res, codeToHttpStatus(connect.code), {
-    error: { code: kindOf(connect.code), message: connect.rawMessage, reason: detail?.reason ?? "", field: detail?.field ?? "" },
-  });
+  sendJson(
+    res,
+    codeToHttpStatus(connect.code),
+    { error: { code: kindOf(connect.code), message: connect.rawMessage, reason: detail?.reason ?? "", field: detail?.field ?? "" } },
+    headers,
+  );
 }

@@ -8,7 +8,7 @@ import { Code, ConnectError } from "@connectrpc/connect";
 import { ErrorDetailSchema } from "../gen/paygate/common/v1/common_pb.js";
 import type { Database } from "../runtime/db.js";
 import { DomainError, invalidArgument, toConnectError } from "../runtime/errors.js";
-import { IDEMPOTENCY_HEADER } from "../runtime/headers.js";
+import { IDEMPOTENCY_HEADER, REPLAYED_HEADER } from "../runtime/headers.js";
 
 /** Stores a key's response ($3) and unlocks it. */
 const COMPLETE = "UPDATE idempotency_keys SET response = $3, locked_until = NULL WHERE merchant_id = $1 AND key = $2";
@@ -144,7 +144,9 @@ export class IdempotencyKeys {
     if (row.response) return fromBinary(schema, row.response);
     if (row.error) {
       const e = typeof row.error === "string" ? (JSON.parse(row.error) as StoredError) : row.error;
-      throw new ConnectError(e.message, e.code, undefined, [{ desc: ErrorDetailSchema, value: create(ErrorDetailSchema, { reason: e.reason, field: e.field, metadata: e.metadata }) }]);
+      // Marked in the error's metadata: the caller sees it as a header (Connect) or trailer (gRPC).
+      const marked = new Headers({ [REPLAYED_HEADER]: "true" });
+      throw new ConnectError(e.message, e.code, marked, [{ desc: ErrorDetailSchema, value: create(ErrorDetailSchema, { reason: e.reason, field: e.field, metadata: e.metadata }) }]);
     }
     throw new DomainError("aborted", "IDEMPOTENCY_KEY_IN_USE", `${IDEMPOTENCY_HEADER}: a request with key ${JSON.stringify(key)} is still in progress`, IDEMPOTENCY_HEADER);
   }

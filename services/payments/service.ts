@@ -63,7 +63,7 @@ export function paymentsService(deps: PaymentsDeps): ServiceImpl<typeof Payments
   const { store, saga, keys, feed } = deps;
   const call = (ctx: HandlerContext) => downstream(ctx, deps.upstreamTimeoutMs);
 
-  /** Runs a write under the request's Idempotency-Key, marking replays in a response header. */
+  /** Runs a write under the request's Idempotency-Key, marking replays (answers and stored failures) with a header. */
   async function idempotent<R>(
     ctx: HandlerContext,
     merchantId: string,
@@ -73,7 +73,10 @@ export function paymentsService(deps: PaymentsDeps): ServiceImpl<typeof Payments
     firstWrite?: FirstWrite,
   ): Promise<R> {
     const key = ctx.requestHeader.get(IDEMPOTENCY_HEADER) ?? "";
-    const { response, replayed } = await keys.run(merchantId, key, request, schema, fn as never, firstWrite);
+    const { response, replayed } = await keys.run(merchantId, key, request, schema, fn as never, firstWrite).catch((err: unknown) => {
+      if (err instanceof ConnectError && err.metadata.get(REPLAYED_HEADER) === "true") recordReplay(ctx.method.name);
+      throw err;
+    });
     if (replayed) {
       ctx.responseHeader.set(REPLAYED_HEADER, "true");
       recordReplay(ctx.method.name);

@@ -7,10 +7,11 @@
 import { randomUUID } from "node:crypto";
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from "vitest";
 import { Code } from "@connectrpc/connect";
-import { PaymentStatus, type Payment } from "../../services/gen/paygate/payments/v1/payments_pb.js";
+import { ErrorDetailSchema } from "../../services/gen/paygate/common/v1/common_pb.js";
+import { CaptureMethod, PaymentStatus, type Payment } from "../../services/gen/paygate/payments/v1/payments_pb.js";
 import { EntryDirection } from "../../services/gen/paygate/wallet/v1/wallet_pb.js";
 import { storageBackends } from "../support/postgres.js";
-import { ACME, balanceOf, failure, gatewayClients, GLOBEX, minor, startStack, type GatewayClients, type Stack } from "../support/stack.js";
+import { ACME, balanceOf, connectError, failure, gatewayClients, GLOBEX, minor, startStack, type GatewayClients, type Stack } from "../support/stack.js";
 
 vi.setConfig({ testTimeout: 60_000, hookTimeout: 180_000 });
 
@@ -186,6 +187,31 @@ describe.each(storageBackends())("idempotency through the gateway ($name)", (bac
     expect(fresh.id).not.toBe(first.id);
   });
 
+  it.each([
+    ["Connect over HTTP/1.1 (decoded by the gateway)", "connect"],
+    ["gRPC (relayed by the gateway)", "grpc"],
+  ] as const)("a refusal is replayed too, marked replayed: a refund refused before capture stays refused after it (%s)", async (_name, protocol) => {
+    const client = protocol === "grpc" ? acmeGrpc : acme;
+    const { src, dst } = await accounts();
+    const p = (await client.payments.createPayment({ sourceAccountId: src, destinationAccountId: dst, amount: { currency: "USD", amountMinor: 3000n }, captureMethod: CaptureMethod.MANUAL })).payment!;
+    const k = key();
+    const refund = () => connectError(client.payments.refundPayment({ paymentId: p.id, amount: { currency: "USD", amountMinor: 1000n } }, { headers: { "idempotency-key": k } }));
+    const refused = await refund();
+    expect([Code[refused.code], refused.findDetails(ErrorDetailSchema)[0]?.reason]).toEqual(["FailedPrecondition", "INVALID_PAYMENT_STATE"]);
+    expect(refused.metadata.get("idempotent-replayed")).toBeNull();
+
+    // Captured now, so the same refund would succeed if it ran again; a retry must not run it.
+    await client.payments.capturePayment({ paymentId: p.id });
+    const again = await refund();
+    expect(again.code).toBe(refused.code);
+    expect(again.rawMessage).toBe(refused.rawMessage);
+    expect(again.findDetails(ErrorDetailSchema)).toEqual(refused.findDetails(ErrorDetailSchema));
+    expect(again.metadata.get("idempotent-replayed")).toBe("true");
+    const now = (await client.payments.getPayment({ paymentId: p.id })).payment!;
+    expect([PaymentStatus[now.status], now.refundedAmount?.amountMinor ?? 0n]).toEqual(["CAPTURED", 0n]);
+    expect(await balanceOf(acme.wallet, src)).toEqual({ posted: 7000n, pending: 0n, available: 7000n });
+  });
+
   it("a refund under an Idempotency-Key is made once however often it is retried", async () => {
     const { src, dst } = await accounts();
     const p = (await acme.payments.createPayment({ sourceAccountId: src, destinationAccountId: dst, amount: { currency: "USD", amountMinor: 6000n } })).payment!;
@@ -232,5 +258,22 @@ describe.each(storageBackends())("idempotency through the gateway ($name)", (bac
     expect(other.status).toBe(400);
     expect(other.json.error).toMatchObject({ code: "invalid_argument", reason: "IDEMPOTENCY_KEY_REUSED" });
     expect((await debits(src)).map((e) => e.amount?.amountMinor)).toEqual([minor("12.50", "USD")]);
+  });
+
+  it("REST POST /payments replays a refusal under its payment id too, marked replayed", async () => {
+    const { src } = await accounts();
+    const body = JSON.stringify({ id: `order-${randomUUID()}`, currency: "USD", amount: "5.00", source_account: src, destination_account: `missing-${randomUUID()}` });
+    const post = () =>
+      fetch(`${stack.gatewayUrl}/payments`, { method: "POST", headers: { "content-type": "application/json", authorization: `Bearer ${ACME.apiKey}` }, body }).then(async (r) => ({
+        status: r.status,
+        replayed: r.headers.get("idempotent-replayed"),
+        json: (await r.json()) as Record<string, any>,
+      }));
+    const first = await post();
+    expect(first.status).toBe(404);
+    expect(first.json.error).toMatchObject({ code: "not_found", reason: "ACCOUNT_NOT_FOUND", field: "destination_account_id" });
+    expect(first.replayed).toBeNull();
+    expect(await post()).toEqual({ ...first, replayed: "true" });
+    expect(await debits(src)).toEqual([]);
   });
 });
