@@ -6,11 +6,14 @@
 // with the wallet's reconciliation check.
 import { randomUUID } from "node:crypto";
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from "vitest";
+import pg from "pg";
 import { Code } from "@connectrpc/connect";
 import { ErrorDetailSchema } from "../../services/gen/paygate/common/v1/common_pb.js";
 import { CaptureMethod, PaymentStatus, type Payment } from "../../services/gen/paygate/payments/v1/payments_pb.js";
 import { EntryDirection } from "../../services/gen/paygate/wallet/v1/wallet_pb.js";
 import { storageBackends } from "../support/postgres.js";
+import { paymentsEnv } from "../../services/payments/main.js";
+import { loadConfig } from "../../services/runtime/config.js";
 import { ACME, balanceOf, connectError, failure, gatewayClients, GLOBEX, minor, startStack, type GatewayClients, type Stack } from "../support/stack.js";
 
 vi.setConfig({ testTimeout: 60_000, hookTimeout: 180_000 });
@@ -275,5 +278,32 @@ describe.each(storageBackends())("idempotency through the gateway ($name)", (bac
     expect(first.replayed).toBeNull();
     expect(await post()).toEqual({ ...first, replayed: "true" });
     expect(await debits(src)).toEqual([]);
+  });
+});
+
+describe.each(storageBackends().filter((b) => b.url !== undefined))("idempotency keys as the payments service keeps them ($name)", (backend) => {
+  let stack: Stack;
+  beforeAll(async () => {
+    stack = await startStack({ backend, name: "idemretain", env: { payments: { PAYMENTS_IDEMPOTENCY_RETENTION_HOURS: "36" } } });
+  });
+  afterAll(async () => {
+    await stack?.stop();
+  });
+
+  it("a key is kept for PAYMENTS_IDEMPOTENCY_RETENTION_HOURS, and fewer than 24 is refused at start-up", async () => {
+    const acme = gatewayClients(stack.gatewayUrl, ACME.apiKey);
+    const src = await stack.fund(ACME.id, "USD", "10.00");
+    const dst = await stack.fund(GLOBEX.id, "USD", "0");
+    const k = key();
+    await acme.payments.createPayment({ sourceAccountId: src, destinationAccountId: dst, amount: { currency: "USD", amountMinor: 100n } }, { headers: { "idempotency-key": k } });
+    const client = new pg.Client({ connectionString: stack.databaseUrl });
+    await client.connect();
+    try {
+      const { rows } = await client.query<{ kept: string }>("SELECT extract(epoch FROM expires_at - created_at)::int8::text AS kept FROM payments.idempotency_keys WHERE key = $1", [k]);
+      expect(rows).toEqual([{ kept: String(36 * 3600) }]);
+    } finally {
+      await client.end();
+    }
+    expect(() => loadConfig(paymentsEnv, { PAYMENTS_IDEMPOTENCY_RETENTION_HOURS: "23" })).toThrow(/PAYMENTS_IDEMPOTENCY_RETENTION_HOURS: .*24/);
   });
 });

@@ -95,6 +95,30 @@ describe.each(storageBackends())("payments store on $name", (backend) => {
     expect((await events(p.id)).map((e) => e.type)).toEqual(["payment.created", "payment.authorized"]);
   });
 
+  it("a payment in a final state (FAILED, CANCELED, REFUNDED) never moves again: every step out is refused and nothing is written", async () => {
+    const failed = await store.transition((await store.create(payment(), "me", LEASE_MS))!, { to: "FAILED", event: "payment.failed" });
+    const manual = (await store.create(payment({ captureMethod: "MANUAL" }), "me", LEASE_MS))!;
+    const canceled = await store.transition(manual, [
+      { to: "AUTHORIZED", event: "payment.authorized" },
+      { to: "CANCELED", event: "payment.canceled" },
+    ]);
+    const refunded = await store.transition((await store.create(payment(), "me", LEASE_MS))!, [
+      { to: "AUTHORIZED", event: "payment.authorized" },
+      { to: "CAPTURED", event: "payment.captured", patch: { capturedMinor: 1_00n, settlementCapturedMinor: 1_00n } },
+      { to: "REFUNDED", event: "payment.refunded", patch: { refundedMinor: 1_00n } },
+    ]);
+    const every = ["PENDING", "AUTHORIZED", "CAPTURED", "PARTIALLY_REFUNDED", "REFUNDED", "CANCELED", "FAILED"] as const;
+    for (const final of [failed, canceled, refunded]) {
+      const before = await events(final.id);
+      for (const to of every) {
+        const refused = await rejection(store.transition(final, { to, event: "payment.moved" }));
+        expect([refused.reason, refused.metadata], `${final.status} -> ${to}`).toEqual(["ILLEGAL_TRANSITION", { status: final.status }]);
+      }
+      expect(await store.get(final.id)).toEqual(final);
+      expect(await events(final.id)).toEqual(before);
+    }
+  });
+
   it("refuses an illegal path before writing anything, and a missing payment is NOT_FOUND", async () => {
     const p = (await store.create(payment(), "me", LEASE_MS))!;
     const illegal = await rejection(store.transition(p, { to: "REFUNDED", event: "payment.refunded" }));
@@ -162,6 +186,34 @@ describe.each(storageBackends())("payments store on $name", (backend) => {
     expect(seen[1]).toEqual({ scope: seen[0]!.scope, firstWritten: false });
     await expect(store.get(made!.id)).rejects.toThrow(/no payment/);
     expect((await store.get(first.id)).id).toBe(first.id);
+  });
+
+  it("keeps a key for its retention: replayed until the last moment, then run afresh, and purged only once past it", async () => {
+    const DAY = 24 * 3_600_000;
+    // Earlier than every other key here, so a purge can only find this one.
+    let now = new Date("2020-03-01T00:00:00.000Z");
+    const keys = new IdempotencyKeys(db, { retentionMs: DAY, lockMs: 1_000, now: () => now });
+    const key = `k_${Math.random().toString(36).slice(2)}`;
+    let runs = 0;
+    const run = () =>
+      keys.run("retention", key, { a: 1 }, CreatePaymentResponseSchema, async () => {
+        runs++;
+        return create(CreatePaymentResponseSchema, { payment: { id: `pay_${runs}` } });
+      });
+    const stored = async () => (await db.query<{ n: string }>("SELECT count(*)::text AS n FROM idempotency_keys WHERE merchant_id = 'retention' AND key = $1", [key])).rows[0]!.n;
+
+    expect((await run()).response.payment?.id).toBe("pay_1");
+    now = new Date(now.getTime() + DAY - 1);
+    expect(await keys.purgeExpired()).toBe(0);
+    expect(await stored()).toBe("1");
+    const late = await run();
+    expect([late.replayed, late.response.payment?.id, runs]).toEqual([true, "pay_1", 1]);
+
+    now = new Date(now.getTime() + 1);
+    expect(await keys.purgeExpired()).toBe(1);
+    expect(await stored()).toBe("0");
+    const fresh = await run();
+    expect([fresh.replayed, fresh.response.payment?.id, runs]).toEqual([false, "pay_2", 2]);
   });
 
   it("runs `also` in the same transaction: when it throws, the step and its event are rolled back", async () => {
