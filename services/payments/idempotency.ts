@@ -75,6 +75,12 @@ export class IdempotencyKeys {
      */
     fn: (scope: string | undefined, claimed: ClaimedKey | undefined, firstWritten: boolean) => Promise<MessageShape<S>>,
     firstWrite?: FirstWrite,
+    /**
+     * Whether a response is final and may be kept for the key (all are, unless told). One
+     * that is not (a payment paused half-way) is answered but not kept: a retry sees how the
+     * work stands then, never a frozen intermediate answer.
+     */
+    final: (response: MessageShape<S>) => boolean = () => true,
   ): Promise<{ response: MessageShape<S>; replayed: boolean }> {
     if (key === "") return { response: await fn(undefined, undefined, false), replayed: false };
     if (key.length > 255) throw invalidArgument("INVALID_IDEMPOTENCY_KEY", IDEMPOTENCY_HEADER, `${IDEMPOTENCY_HEADER}: at most 255 characters`);
@@ -107,23 +113,28 @@ export class IdempotencyKeys {
     try {
       const claimedKey: ClaimedKey = { merchantId, key, responseStored: false };
       const response = await fn(scope(new Date(first.created_at)), claimedKey, first.first_written);
-      if (!claimedKey.responseStored) await this.db.query(COMPLETE, [merchantId, key, toBinary(schema, response)]);
+      if (!claimedKey.responseStored) {
+        if (final(response)) await this.db.query(COMPLETE, [merchantId, key, toBinary(schema, response)]);
+        else await this.unlock(merchantId, key);
+      }
       return { response, replayed: false };
     } catch (err) {
       const stored = storable(err);
       if (stored) {
         await this.db.query("UPDATE idempotency_keys SET error = $3, locked_until = NULL WHERE merchant_id = $1 AND key = $2", [merchantId, key, JSON.stringify(stored)]);
       } else {
-        // Unlocked, not forgotten: a retry of the same request runs again in the same scope
-        // (and finds what this attempt may already have created).
-        await this.db.query("UPDATE idempotency_keys SET locked_until = $3 WHERE merchant_id = $1 AND key = $2 AND response IS NULL AND error IS NULL", [
-          merchantId,
-          key,
-          this.opts.now(),
-        ]);
+        await this.unlock(merchantId, key);
       }
       throw err;
     }
+  }
+
+  /**
+   * Unlocked, not forgotten: a retry of the same request runs again in the same scope (and
+   * finds what this attempt may already have created).
+   */
+  private async unlock(merchantId: string, key: string): Promise<void> {
+    await this.db.query("UPDATE idempotency_keys SET locked_until = $3 WHERE merchant_id = $1 AND key = $2 AND response IS NULL AND error IS NULL", [merchantId, key, this.opts.now()]);
   }
 
   /** Deletes keys past their retention; returns how many. */

@@ -71,9 +71,10 @@ export function paymentsService(deps: PaymentsDeps): ServiceImpl<typeof Payments
     schema: Parameters<IdempotencyKeys["run"]>[3],
     fn: (scope: string | undefined, claimed: ClaimedKey | undefined, firstWritten: boolean) => Promise<R>,
     firstWrite?: FirstWrite,
+    final?: (response: R) => boolean,
   ): Promise<R> {
     const key = ctx.requestHeader.get(IDEMPOTENCY_HEADER) ?? "";
-    const { response, replayed } = await keys.run(merchantId, key, request, schema, fn as never, firstWrite).catch((err: unknown) => {
+    const { response, replayed } = await keys.run(merchantId, key, request, schema, fn as never, firstWrite, final as never).catch((err: unknown) => {
       if (err instanceof ConnectError && err.metadata.get(REPLAYED_HEADER) === "true") recordReplay(ctx.method.name);
       throw err;
     });
@@ -223,7 +224,9 @@ export function paymentsService(deps: PaymentsDeps): ServiceImpl<typeof Payments
           if (resumable(p)) await store.releaseLease(p.id, deps.instanceId);
         }
         return response(p);
-      }, firstWrite);
+        // A payment paused half-way (an upstream down, the deadline passed) is not an answer
+        // to keep: a retry resumes it or reports how it stands then.
+      }, firstWrite, (r) => !unfinished(r.payment!));
     },
 
     async getPayment(req, ctx) {
@@ -392,6 +395,12 @@ function requireStatus(p: PaymentRecord, allowed: PaymentRecord["status"][], ver
   if (!allowed.includes(p.status)) {
     throw new DomainError("failed_precondition", "INVALID_PAYMENT_STATE", `payment ${p.id} is ${p.status} and cannot be ${verb}`, "payment_id", { status: p.status });
   }
+}
+
+/** Whether a payment message shows a saga with more to do (see resumable). */
+function unfinished(p: Payment): boolean {
+  const status = statusFromProto(p.status);
+  return status !== undefined && resumable({ status, captureMethod: p.captureMethod === CaptureMethod.MANUAL ? "MANUAL" : "AUTOMATIC" });
 }
 
 function isFinalMessage(p: Payment): boolean {

@@ -14,7 +14,7 @@ import { EntryDirection } from "../../services/gen/paygate/wallet/v1/wallet_pb.j
 import { storageBackends } from "../support/postgres.js";
 import { paymentsEnv } from "../../services/payments/main.js";
 import { loadConfig } from "../../services/runtime/config.js";
-import { ACME, balanceOf, connectError, failure, gatewayClients, GLOBEX, minor, startStack, type GatewayClients, type Stack } from "../support/stack.js";
+import { ACME, balanceOf, connectError, failure, gatewayClients, GLOBEX, minor, startStack, waitFor, type GatewayClients, type Stack } from "../support/stack.js";
 
 vi.setConfig({ testTimeout: 60_000, hookTimeout: 180_000 });
 
@@ -27,7 +27,7 @@ describe.each(storageBackends())("idempotency through the gateway ($name)", (bac
   let globex: GatewayClients;
 
   beforeAll(async () => {
-    stack = await startStack({ backend, name: "idempotency" });
+    stack = await startStack({ backend, name: "idempotency", walletProxy: true, env: { payments: { PAYMENTS_RECOVERY_INTERVAL_MS: "200" } } });
     acme = gatewayClients(stack.gatewayUrl, ACME.apiKey);
     acmeGrpc = gatewayClients(stack.gatewayUrl, ACME.apiKey, "grpc");
     globex = gatewayClients(stack.gatewayUrl, GLOBEX.apiKey);
@@ -164,6 +164,53 @@ describe.each(storageBackends())("idempotency through the gateway ($name)", (bac
     expect(mismatch.reason).toBe("IDEMPOTENCY_KEY_REUSED");
     expect((await debits(src)).map((e) => e.amount?.amountMinor)).toEqual([4200n]);
     expect(await balanceOf(acme.wallet, src)).toEqual({ posted: 5800n, pending: 0n, available: 5800n });
+  });
+
+  it("a payment cut off by the client's deadline keeps no answer under its key: a retry after it settled gets it CAPTURED, then replays that", async () => {
+    const { src, dst } = await accounts();
+    const k = key();
+    const reference = `ref-${k}`;
+    const body = { source_account_id: src, destination_account_id: dst, amount: { currency: "USD", amount_minor: "1500" }, merchant_reference: reference };
+    // The wallet does not answer until the client's 300 ms deadline has passed.
+    const held = stack.walletProxy!.arm("Reserve", "before");
+    const cutOff = connectJson("CreatePayment", body, { "idempotency-key": k, "connect-timeout-ms": "300" });
+    await held;
+    expect((await cutOff).status).toBe(504);
+    stack.walletProxy!.release();
+
+    // The recovery sweep finishes it.
+    const settled = await waitFor(async () => (await paymentsWithReference(reference)).find((p) => PaymentStatus[p.status] === "CAPTURED"), "the payment captured by the sweep");
+    const retry = await connectJson("CreatePayment", body, { "idempotency-key": k });
+    expect(retry.status).toBe(200);
+    expect(retry.json.payment.status).toBe("PAYMENT_STATUS_CAPTURED");
+    expect(retry.json.payment.id).toBe(settled.id);
+    // That final answer is the one kept from now on.
+    const again = await connectJson("CreatePayment", body, { "idempotency-key": k });
+    expect(again.replayed).toBe("true");
+    expect(again.json).toEqual(retry.json);
+    expect((await debits(src)).map((e) => e.amount?.amountMinor)).toEqual([1500n]);
+  });
+
+  it("a payment paused by an upstream failure answers PENDING without keeping it: a retry resumes it to its end", async () => {
+    const { src, dst } = await accounts("10.00");
+    const k = key();
+    const body = { source_account_id: src, destination_account_id: dst, amount: { currency: "USD", amount_minor: "2500" }, merchant_reference: `ref-${k}` };
+    const held = stack.walletProxy!.arm("Reserve", "before");
+    const paused = connectJson("CreatePayment", body, { "idempotency-key": k });
+    await held;
+    stack.walletProxy!.release(); // the wallet is "down": UNAVAILABLE
+    const first = await paused;
+    expect(first.status).toBe(200);
+    expect(first.json.payment.status).toBe("PAYMENT_STATUS_PENDING");
+
+    // Not enough money: the payment ends FAILED, and the retry says so, not PENDING.
+    const retry = await waitFor(async () => {
+      const r = await connectJson("CreatePayment", body, { "idempotency-key": k });
+      return r.json.payment?.status === "PAYMENT_STATUS_FAILED" ? r : undefined;
+    }, "the retry to report the payment FAILED");
+    expect(retry.json.payment.id).toBe(first.json.payment.id);
+    expect(retry.json.payment.failureReason).toBe("INSUFFICIENT_FUNDS");
+    expect(await debits(src)).toEqual([]);
   });
 
   it("a failure is replayed too: INSUFFICIENT_FUNDS stays the same FAILED payment even after a top-up", async () => {
