@@ -6,6 +6,7 @@
 // idempotency and errors); amounts are decimals in major units, converted exactly.
 import type http from "node:http";
 import type http2 from "node:http2";
+import { createHash } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { create, type DescMethod, type DescService } from "@bufbuild/protobuf";
 import { timestampDate } from "@bufbuild/protobuf/wkt";
@@ -27,6 +28,7 @@ import { Outcome, type RiskService } from "../gen/paygate/risk/v1/risk_pb.js";
 import { GetAccountRequestSchema, GetBalanceRequestSchema, GetBalanceResponseSchema, WalletService } from "../gen/paygate/wallet/v1/wallet_pb.js";
 import { DomainError, invalidArgument, toConnectError, type ErrorKind } from "../runtime/errors.js";
 import { newId } from "../runtime/ids.js";
+import { requireText } from "../runtime/text.js";
 import type { Logger } from "../runtime/logger.js";
 import { formatMinor, money, parseJsonAmount } from "../runtime/money.js";
 import { downstream } from "../runtime/upstream.js";
@@ -60,7 +62,8 @@ export function restRoutes(api: Api, risk: Client<typeof RiskService>, merchants
   }
 
   /** A route answers a JSON body; it may add response headers to `headers`. */
-  const routes: { method: string; pattern: RegExp; handle: (req: Request, url: URL, params: string[], headers: Record<string, string>) => Promise<unknown> }[] = [
+  /** `param` names the field a route's path parameter is (in errors). */
+  const routes: { method: string; pattern: RegExp; param?: string; handle: (req: Request, url: URL, params: string[], headers: Record<string, string>) => Promise<unknown> }[] = [
     {
       method: "POST",
       pattern: /^\/payments$/,
@@ -73,13 +76,13 @@ export function restRoutes(api: Api, risk: Client<typeof RiskService>, merchants
         if (captureMethod !== "automatic" && captureMethod !== "manual") throw invalidArgument("INVALID_CAPTURE_METHOD", "capture_method", 'capture_method: "automatic" or "manual"');
         const ctx = await context(req, PaymentsService, PaymentsService.method.createPayment);
         // The client's payment id makes the request idempotent when no Idempotency-Key is sent.
-        if (!ctx.requestHeader.has(IDEMPOTENCY_HEADER)) ctx.requestHeader.set(IDEMPOTENCY_HEADER, `payment:${id}`);
+        if (!ctx.requestHeader.has(IDEMPOTENCY_HEADER)) ctx.requestHeader.set(IDEMPOTENCY_HEADER, restPaymentKey(id));
         const request = create(CreatePaymentRequestSchema, {
           merchantReference: id,
           sourceAccountId: requiredString(body, "source_account"),
           destinationAccountId: requiredString(body, "destination_account"),
           amount: money(currency, amountMinor),
-          settlementCurrency: typeof body.settlement_currency === "string" ? body.settlement_currency : "",
+          settlementCurrency: optionalString(body, "settlement_currency"),
           captureMethod: captureMethod === "manual" ? CaptureMethod.MANUAL : CaptureMethod.AUTOMATIC,
         });
         try {
@@ -95,6 +98,7 @@ export function restRoutes(api: Api, risk: Client<typeof RiskService>, merchants
     {
       method: "GET",
       pattern: /^\/payments\/([^/]+)$/,
+      param: "payment_id",
       async handle(req, _url, [id]) {
         const ctx = await context(req, PaymentsService, PaymentsService.method.getPayment);
         const { payment } = create(GetPaymentResponseSchema, await api.payments.getPayment(create(GetPaymentRequestSchema, { paymentId: id! }), ctx));
@@ -140,6 +144,7 @@ export function restRoutes(api: Api, risk: Client<typeof RiskService>, merchants
     {
       method: "GET",
       pattern: /^\/balance\/([^/]+)$/,
+      param: "account_id",
       async handle(req, _url, [id]) {
         const ctx = await context(req, WalletService, WalletService.method.getBalance);
         const { balance } = create(GetBalanceResponseSchema, await api.wallet.getBalance(create(GetBalanceRequestSchema, { accountId: id! }), ctx));
@@ -165,7 +170,7 @@ export function restRoutes(api: Api, risk: Client<typeof RiskService>, merchants
         // Scores the account's own payments only: the merchant must own it.
         await api.wallet.getAccount(create(GetAccountRequestSchema, { accountId: account }), ctx);
         const { decision } = await risk.score(
-          { paymentId: typeof body.id === "string" && body.id !== "" ? body.id : newId("score"), accountId: account, amount: money(currency, amountMinor), merchantId: ctx.values.get(merchantKey)!.id },
+          { paymentId: optionalString(body, "id") || newId("score"), accountId: account, amount: money(currency, amountMinor), merchantId: ctx.values.get(merchantKey)!.id },
           downstream(ctx, upstreamTimeoutMs),
         );
         return {
@@ -180,7 +185,8 @@ export function restRoutes(api: Api, risk: Client<typeof RiskService>, merchants
   ];
 
   return (req: Request, res: Response): void => {
-    const url = new URL(req.url ?? "/", "http://gateway");
+    const url = requestUrl(req.url);
+    if (!url) return sendError(res, invalidArgument("INVALID_REQUEST_TARGET", "", "the request target is not a valid path"), logger, {});
     if (req.method === "GET" && (url.pathname === "/" || url.pathname === "/index.html")) {
       res.writeHead(200, { "content-type": "text/html; charset=utf-8" });
       res.end(INDEX_HTML);
@@ -191,14 +197,41 @@ export function restRoutes(api: Api, risk: Client<typeof RiskService>, merchants
       if (!match) continue;
       if (req.method !== route.method) return sendJson(res, 405, { error: { code: "method_not_allowed", message: `${req.method} ${url.pathname}: use ${route.method}` } });
       const headers: Record<string, string> = {};
-      route.handle(req, url, match.slice(1).map(decodeURIComponent), headers).then(
-        (body) => sendJson(res, 200, body, headers),
-        (err: unknown) => sendError(res, err, logger, headers),
-      );
+      Promise.resolve()
+        .then(() => route.handle(req, url, match.slice(1).map((segment) => pathParam(segment, route.param!)), headers))
+        .then(
+          (body) => sendJson(res, 200, body, headers),
+          (err: unknown) => sendError(res, err, logger, headers),
+        )
+        .catch((err: unknown) => {
+          // The answer could not be written: nothing more can be said on this request.
+          logger.error({ err }, "REST answer failed");
+          res.destroy();
+        });
       return;
     }
     sendJson(res, 404, { error: { code: "not_found", message: `no route ${req.method} ${url.pathname}` } });
   };
+}
+
+/**
+ * The URL of a request target in origin form ("/path?query"); undefined for anything else
+ * (absolute form, "//host", "*", or what no URL parser accepts).
+ */
+function requestUrl(target: string | undefined): URL | undefined {
+  if (!target?.startsWith("/") || target.startsWith("//")) return undefined;
+  return URL.canParse(target, "http://gateway") ? new URL(target, "http://gateway") : undefined;
+}
+
+/** A path segment, percent-decoded, as the text of the field it names. */
+function pathParam(segment: string, field: string): string {
+  let value: string;
+  try {
+    value = decodeURIComponent(segment);
+  } catch {
+    throw invalidArgument("INVALID_FIELD", field, `${field}: the path segment is not valid percent-encoded UTF-8`);
+  }
+  return requireText(value, field);
 }
 
 function paymentJson(p: Payment) {
@@ -244,14 +277,28 @@ function headerValue(req: Request, name: string): string | undefined {
 function queryParam(url: URL, name: string): string {
   const value = url.searchParams.get(name);
   if (value === null || value === "") throw invalidArgument("MISSING_FIELD", name, `query parameter ${name} is required`);
-  return value;
+  return requireText(value, name);
 }
 
 function requiredString(body: Record<string, unknown>, field: string): string {
   const v = body[field];
   if (v === undefined || v === null || v === "") throw invalidArgument("MISSING_FIELD", field, `${field} is required`);
   if (typeof v !== "string") throw invalidArgument("INVALID_FIELD", field, `${field}: expected a string`);
-  return v;
+  return requireText(v, field);
+}
+
+function optionalString(body: Record<string, unknown>, field: string): string {
+  return body[field] === undefined || body[field] === null ? "" : requiredString(body, field);
+}
+
+/**
+ * The Idempotency-Key a REST payment gets from its id. A header value is Latin-1 text of at
+ * most 255 characters: an id that does not fit one as it is goes in as its SHA-256 (under
+ * another prefix, so no id can name the same key as another's digest).
+ */
+function restPaymentKey(id: string): string {
+  const key = `payment:${id}`;
+  return key.length <= 255 && /^[\x20-\x7e]*$/.test(key) ? key : `payment-sha256:${createHash("sha256").update(id).digest("base64url")}`;
 }
 
 /** The request body as a JSON object with only `allowed` keys (a typo is an error, not ignored). */

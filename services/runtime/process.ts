@@ -29,6 +29,9 @@ export async function runMain(start: () => Promise<RunningServer>): Promise<void
         },
       );
   };
+  // A promise one request forgot to handle must not end the service for every other one;
+  // it is a bug, logged loudly.
+  process.on("unhandledRejection", (reason) => process.stderr.write(`unhandled rejection (the service goes on): ${reason instanceof Error ? reason.stack : String(reason)}\n`));
   process.once("SIGTERM", stop);
   process.once("SIGINT", stop);
 }

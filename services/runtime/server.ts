@@ -14,13 +14,14 @@ import http2 from "node:http2";
 import net from "node:net";
 import type { AddressInfo } from "node:net";
 import { Code, ConnectError, type ConnectRouter, type Interceptor } from "@connectrpc/connect";
-import { connectNodeAdapter } from "@connectrpc/connect-node";
 import type { DescService } from "@bufbuild/protobuf";
 import { HealthStatus, registerHealth } from "./health.js";
+import { rpcHandler } from "./rpc-handler.js";
 import { unaryFastPath } from "./unary-fast-path.js";
 import { registerReflection } from "./reflection.js";
 import { cutOffAt, errorMapping, refuseWhileDraining, rpcLog } from "./interceptors.js";
 import { metricsHandler, rpcServerMetrics } from "./metrics.js";
+import { textGuard } from "./text.js";
 import { flushTracing, initTracing, rpcServerTracing, tracedHttpHandler, tracingInfo } from "./tracing.js";
 import { HealthCheckResponse_ServingStatus as ServingStatus } from "../gen/health/v1/health_pb.js";
 import type { Logger } from "./logger.js";
@@ -113,10 +114,11 @@ export async function startServer(spec: ServiceSpec, opts: ServerOptions): Promi
     errorMapping(logger),
     refuseWhileDraining(draining.signal),
     cutOffAt(hardStop.signal),
+    textGuard(),
     ...(spec.interceptors ?? []),
   ];
   const fastPath = unaryFastPath({ interceptors, shutdownSignal: hardStop.signal, readMaxBytes: opts.maxRequestBytes });
-  const handler = connectNodeAdapter({
+  const handler = rpcHandler({
     routes: (router) => {
       const recording = fastPath.recording(router);
       spec.routes(recording, draining.signal);
@@ -129,7 +131,8 @@ export async function startServer(spec: ServiceSpec, opts: ServerOptions): Promi
     // A typo in a payment request should fail loudly, not be dropped.
     jsonOptions: { ignoreUnknownFields: false },
     // Non-RPC paths: the admin routes when they share the port, then the service's own.
-    fallback: (opts.adminPort === undefined ? adminRoutes : fallback) as Parameters<typeof connectNodeAdapter>[0]["fallback"],
+    fallback: (opts.adminPort === undefined ? adminRoutes : fallback) ?? notFound,
+    logger,
   });
 
   let inFlight = 0;
@@ -151,8 +154,12 @@ export async function startServer(spec: ServiceSpec, opts: ServerOptions): Promi
     });
     // HTTP/1.1 keep-alive connections close after their last response; HTTP/2 has GOAWAY.
     if (draining.signal.aborted && req.httpVersionMajor === 1) res.setHeader("Connection", "close");
-    if (spec.relay && !draining.signal.aborted) spec.relay(req, res, () => fastPath.handle(req, res) || handler(req, res));
-    else if (!fastPath.handle(req, res)) handler(req, res);
+    guarded(res, logger, () => {
+      // Every handler builds the request's URL from its authority.
+      if (!validAuthority(req)) return plainError(res, 400, "the request has no valid Host (or :authority)");
+      if (spec.relay && !draining.signal.aborted) spec.relay(req, res, () => guarded(res, logger, () => fastPath.handle(req, res) || handler(req, res)));
+      else if (!fastPath.handle(req, res)) handler(req, res);
+    });
   };
 
   const h1 = http.createServer(tracked);
@@ -236,7 +243,7 @@ function adminHandler(spec: ServiceSpec, fallback: http.RequestListener | undefi
     res.writeHead(status, { "content-type": "application/json" });
     res.end(JSON.stringify(body));
   };
-  return (req, res) => {
+  return (req, res) => guarded(res, logger, () => {
     const path = (req.url ?? "/").split("?")[0] ?? "/";
     if (path === "/healthz") return json(res, 200, { status: "ok" });
     if (path === "/readyz") {
@@ -250,7 +257,34 @@ function adminHandler(spec: ServiceSpec, fallback: http.RequestListener | undefi
     if (extra) return extra(req, res);
     if (fallback) return fallback(req, res);
     json(res, 404, { error: `no route ${path}` });
-  };
+  });
+}
+
+/**
+ * Runs a request's handler; an error it throws is logged and answered 500 (or the stream
+ * reset, when the answer had begun): one bad request must never end the process.
+ */
+function guarded(res: http.ServerResponse, logger: Logger, handle: () => void): void {
+  try {
+    handle();
+  } catch (err) {
+    logger.error({ err }, "request handler failed");
+    if (res.headersSent) res.destroy();
+    else plainError(res, 500, "internal error");
+  }
+}
+
+const notFound: http.RequestListener = (_req, res) => plainError(res, 404, "not found");
+
+function plainError(res: http.ServerResponse, status: number, message: string): void {
+  res.writeHead(status, { "content-type": "application/json" });
+  res.end(JSON.stringify({ error: message }));
+}
+
+/** Whether the request names a host a URL can be built on (HTTP/1.0 may send none; anything may be sent). */
+function validAuthority(req: http.IncomingMessage): boolean {
+  const authority = req.httpVersionMajor === 2 ? (req as unknown as http2.Http2ServerRequest).authority : req.headers.host;
+  return typeof authority === "string" && authority !== "" && URL.canParse(`http://${authority}/`);
 }
 
 async function readiness(checks: ReadinessCheck[], draining: AbortSignal) {

@@ -10,10 +10,11 @@
 // connect's handler.
 import type http from "node:http";
 import type http2 from "node:http2";
-import { fromBinary, toBinary } from "@bufbuild/protobuf";
+import { toBinary } from "@bufbuild/protobuf";
 import { Code, ConnectError, createHandlerContext, createServiceImplSpec, type ConnectRouter, type Interceptor, type MethodImplSpec } from "@connectrpc/connect";
 import { invokeUnaryImplementation, mergeNonProtocolHeaders } from "@connectrpc/connect/protocol";
 import { codeToHttpStatus, errorToJsonBytes } from "@connectrpc/connect/protocol-connect";
+import { parseBinaryRequest } from "./request-check.js";
 
 type UnarySpec = Extract<MethodImplSpec, { kind: "unary" }>;
 
@@ -84,12 +85,7 @@ export function unaryFastPath(opts: { interceptors: Interceptor[]; shutdownSigna
     let body: Uint8Array;
     try {
       if (size > opts.readMaxBytes) throw new ConnectError(`message size ${size} is larger than configured readMaxBytes ${opts.readMaxBytes}`, Code.ResourceExhausted);
-      let input;
-      try {
-        input = fromBinary(spec.method.input, chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks));
-      } catch (e) {
-        throw new ConnectError(`parse binary: ${e instanceof Error ? e.message : String(e)}`, Code.Internal);
-      }
+      const input = parseBinaryRequest(spec.method.input, chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks));
       body = toBinary(spec.method.output, await invokeUnaryImplementation(spec, context, input, opts.interceptors));
     } catch (e) {
       context.abort(e);

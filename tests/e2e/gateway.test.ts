@@ -8,6 +8,7 @@ import { Code } from "@connectrpc/connect";
 import { CaptureMethod, PaymentStatus, type PaymentEvent } from "../../services/gen/paygate/payments/v1/payments_pb.js";
 import { formatMinor } from "../../services/runtime/money.js";
 import { storageBackends } from "../support/postgres.js";
+import { rawExchange } from "../support/wire.js";
 import { ACME, balanceOf, expectedConversion, failure, gatewayClients, GLOBEX, minor, startStack, type GatewayClients, type Stack } from "../support/stack.js";
 
 vi.setConfig({ testTimeout: 60_000, hookTimeout: 180_000 });
@@ -411,6 +412,54 @@ describe.each(storageBackends())("the api-gateway ($name)", (backend) => {
       expect(declined.json.score).toBeGreaterThanOrEqual(80);
       const tooPrecise = await rest("POST", "/score", { key: ACME.apiKey, body: { account: usdAccount, amount: 1.001, currency: "USD" } });
       expect(tooPrecise.json.error).toMatchObject({ reason: "TOO_MANY_DECIMALS" });
+    });
+
+    it("malformed paths and request targets are 400 naming what is wrong, and the gateway serves on", async () => {
+      const port = Number(new URL(stack.gatewayUrl).port);
+      for (const [path, field] of [
+        ["/balance/%ZZ", "account_id"],
+        ["/payments/%Z", "payment_id"],
+        ["/balance/%", "account_id"],
+        ["/balance/%00", "account_id"],
+        ["/balance/%ED%A0%80", "account_id"],
+        ["/payments/a%00b", "payment_id"],
+        ["/rate?base=US%00&quote=EUR", "base"],
+      ]) {
+        const res = await rest("GET", path!, { key: ACME.apiKey });
+        expect(res.status, path).toBe(400);
+        expect(res.json.error, path).toMatchObject({ code: "invalid_argument", field });
+      }
+      for (const target of ["//", "http://x:99999/", "http://[::1/", "*"]) {
+        const { received } = await rawExchange(port, `GET ${target} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer ${ACME.apiKey}\r\n\r\n`, { until: (r) => r.includes("\r\n\r\n") });
+        expect(received, target).toMatch(/^HTTP\/1\.1 400 /);
+      }
+      expect((await rest("GET", "/healthz")).status).toBe(200);
+    });
+
+    it("POST /payments takes any valid Unicode id (and replays it), and refuses text that is not: NUL, lone surrogates", async () => {
+      const src = await stack.fund(ACME.id, "USD", "10.00");
+      const dst = await stack.fund(GLOBEX.id, "USD", "0");
+      const id = `PAY-表-${randomUUID()}`;
+      const body = { id, currency: "USD", amount: "1.00", source_account: src, destination_account: dst };
+      const first = await rest("POST", "/payments", { key: ACME.apiKey, body });
+      expect(first.status).toBe(200);
+      expect(first.json).toMatchObject({ reference: id, status: "CAPTURED" });
+      const again = await fetch(`${stack.gatewayUrl}/payments`, { method: "POST", headers: { authorization: `Bearer ${ACME.apiKey}`, "content-type": "application/json" }, body: JSON.stringify(body) });
+      expect(again.headers.get("idempotent-replayed")).toBe("true");
+      expect(await again.json()).toEqual(first.json);
+
+      for (const [bad, problem] of [
+        ["PAY-\u0000", "NUL"],
+        ["PAY-\ud800", "lone surrogate"],
+      ] as const) {
+        const res = await rest("POST", "/payments", { key: ACME.apiKey, body: { ...body, id: bad } });
+        expect(res.status).toBe(400);
+        expect(res.json.error).toMatchObject({ code: "invalid_argument", reason: "INVALID_TEXT", field: "id" });
+        expect(res.json.error.message).toContain(problem);
+      }
+      const wrongType = await rest("POST", "/payments", { key: ACME.apiKey, body: { ...body, id: `x-${randomUUID()}`, settlement_currency: 5 } });
+      expect(wrongType.json.error).toMatchObject({ code: "invalid_argument", field: "settlement_currency" });
+      expect(await balanceOf(acme.wallet, src)).toMatchObject({ posted: 900n });
     });
 
     it("GET /healthz, GET /, unknown routes and wrong methods", async () => {

@@ -458,16 +458,14 @@ describe("the one port under odd traffic", () => {
 });
 
 describe("error responses never leak internals", () => {
-  it("a database failure is a bare INTERNAL with no SQL or stack (Connect JSON and gRPC)", async () => {
-    // A NUL byte cannot be stored in Postgres text: the query fails inside the database.
+  it("text PostgreSQL cannot store (a NUL byte) is refused before the database, naming the field (Connect JSON and gRPC)", async () => {
     const res = await postJson("GetQuote", { quoteId: "qt_\u0000" });
-    expect(res.status).toBe(500);
-    expect(res.json).toEqual({ code: "internal", message: "internal error" });
+    expect(res.status).toBe(400);
+    expect(res.json).toMatchObject({ code: "invalid_argument", message: "quote_id: must not contain the NUL character (U+0000)" });
 
     const fx = grpcJs(FxGrpc);
     const err = (await rejectionOf(grpcUnary(fx, "GetQuote", { quote_id: "qt_\u0000" }, 10_000))) as grpc.ServiceError;
-    expect(err.code).toBe(13);
-    expect(err.details).toBe("internal error");
+    expect(err.code).toBe(3);
     expect(JSON.stringify(err.metadata.getMap())).not.toMatch(INTERNALS);
   });
 
