@@ -31,7 +31,7 @@ import { codeFromHttpStatus, errorFromJsonBytes } from "@connectrpc/connect/prot
 import { createConnectTransport } from "@connectrpc/connect-node";
 import type { DescService } from "@bufbuild/protobuf";
 import { Health, HealthCheckResponse_ServingStatus as ServingStatus } from "../gen/health/v1/health_pb.js";
-import { Http2Upstream } from "./http2-upstream.js";
+import { connectTimeout, Http2Upstream, MAX_TIMEOUT_MS } from "./http2-upstream.js";
 import { rpcClientMetrics } from "./metrics.js";
 import { rpcClientTracing } from "./tracing.js";
 import type { ReadinessCheck } from "./server.js";
@@ -60,9 +60,11 @@ function unaryCall<I extends DescMessage, O extends DescMessage>(session: http2.
   req.header.forEach((value, name) => (headers[name] = value));
   headers["content-type"] = "application/proto";
   headers["connect-protocol-version"] = "1";
-  if (timeoutMs !== undefined) headers["connect-timeout-ms"] = String(timeoutMs);
+  if (timeoutMs !== undefined) headers["connect-timeout-ms"] = connectTimeout(timeoutMs);
   const body = toBinary(req.method.input, req.message);
   return new Promise((resolve, reject) => {
+    // No time left (or cancelled already): the upstream is not asked at all.
+    if (req.signal.aborted) return reject(ConnectError.from(req.signal.reason, Code.Canceled));
     let stream: http2.ClientHttp2Stream;
     try {
       stream = session.request(headers);
@@ -87,7 +89,6 @@ function unaryCall<I extends DescMessage, O extends DescMessage>(session: http2.
         throw ConnectError.from(req.signal.reason, Code.Canceled);
       });
     };
-    if (req.signal.aborted) return onAbort();
     req.signal.addEventListener("abort", onAbort, { once: true });
     let status = 0;
     let responseHeaders: http2.IncomingHttpHeaders = {};
@@ -143,11 +144,13 @@ export function upstreamClient<S extends DescService>(service: S, transport: Tra
 
 /**
  * Options for a downstream call made while serving `ctx`: it is cancelled when the caller's
- * call is, and gets the caller's remaining time (or `defaultTimeoutMs` when it has none).
+ * call is, and gets the caller's remaining time (or `defaultTimeoutMs` when it has none) in
+ * whole ms, at least 1 and at most MAX_TIMEOUT_MS (connect's clients send the number as it
+ * is, and arm a timer with it that would fire at once past 2^31-1 ms).
  */
 export function downstream(ctx: HandlerContext | undefined, defaultTimeoutMs: number): CallOptions {
   const remaining = ctx?.timeoutMs();
-  return { signal: ctx?.signal, timeoutMs: remaining === undefined ? defaultTimeoutMs : Math.max(1, remaining) };
+  return { signal: ctx?.signal, timeoutMs: remaining === undefined ? defaultTimeoutMs : Math.min(MAX_TIMEOUT_MS, Math.max(1, Math.ceil(remaining))) };
 }
 
 /** Readiness of an upstream: its gRPC health check answers SERVING within a second. */

@@ -2,12 +2,18 @@
 // gateway (startServer with the relay and a Connect handler of its own) in front of a
 // test-only PaymentsService that reports what reached it. Checked: what is relayed and what
 // the Connect handler answers instead, the headers passed on and those not, errors and
-// trailers coming back unchanged, the deadline (the caller's or the default), a caller going
-// away, payments unreachable, and the gateway's RPC metrics for relayed calls.
+// trailers coming back unchanged, the deadline (the caller's or the default, as every client
+// writes it, passed on as the time left of it), a caller going away, payments unreachable or
+// stalling, and the gateway's RPC metrics for relayed calls.
+import http2 from "node:http2";
+import type { AddressInfo } from "node:net";
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
+import { create, toBinary } from "@bufbuild/protobuf";
 import { Code, ConnectError, createClient, type ConnectRouter, type HandlerContext, type Transport } from "@connectrpc/connect";
 import { createConnectTransport, createGrpcTransport } from "@connectrpc/connect-node";
-import { PaymentsService, type GetPaymentRequest } from "../../services/gen/paygate/payments/v1/payments_pb.js";
+import { codeFromString, parseTimeout as parseConnectTimeout } from "@connectrpc/connect/protocol-connect";
+import { parseTimeout as parseGrpcTimeout } from "@connectrpc/connect/protocol-grpc";
+import { GetPaymentRequestSchema, PaymentsService, type GetPaymentRequest } from "../../services/gen/paygate/payments/v1/payments_pb.js";
 import { authentication } from "../../services/gateway/public-api.js";
 import { paymentsRelay } from "../../services/gateway/relay.js";
 import type { Merchants } from "../../services/gateway/merchants.js";
@@ -15,19 +21,24 @@ import { notFound } from "../../services/runtime/errors.js";
 import { createLogger } from "../../services/runtime/logger.js";
 import { registry } from "../../services/runtime/metrics.js";
 import { startServer, type RunningServer, type ServerOptions } from "../../services/runtime/server.js";
+import { MAX_TIMEOUT_MS } from "../../services/runtime/http2-upstream.js";
 import { freePort } from "../support/ports.js";
-import { waitFor } from "../support/wire.js";
+import { findGrpcurl, hostPort, runTool, sleep, waitFor, within } from "../support/wire.js";
 
 vi.setConfig({ testTimeout: 30_000, hookTimeout: 30_000 });
 
 const logger = createLogger("relay-test", "silent");
 const KEY = "pgk_acme_test";
+/** Acme's too, checked only after AUTHENTICATION_MS (a key looked up in a slow database). */
+const SLOW_KEY = "pgk_acme_slow";
+const AUTHENTICATION_MS = 300;
 const DEFAULT_TIMEOUT_MS = 4_000;
 
-/** Knows one key; an unknown one is refused as the real Merchants refuses it. */
+/** Knows two keys; an unknown one is refused as the real Merchants refuses it. */
 const merchants = {
   authenticate: async (key: string | undefined) => {
-    if (key === KEY) return { id: "acme", name: "Acme" };
+    if (key === SLOW_KEY) await sleep(AUTHENTICATION_MS);
+    if (key === KEY || key === SLOW_KEY) return { id: "acme", name: "Acme" };
     throw new ConnectError("the API key is not valid", Code.Unauthenticated);
   },
 } as unknown as Merchants;
@@ -109,8 +120,9 @@ describe("the gateway's relay of PaymentsService calls", () => {
       expect(headers["idempotency-key"]).toBe("k-1");
       expect(headers.authorization).toBeUndefined();
       expect(headers.traceparent, "the trace goes on under the gateway's own span").toMatch(/^00-0af7651916cd43dd8448eb211c80319c-(?!b7ad6b7169203331)[0-9a-f]{16}-0[01]$/);
-      const timeout = name === "gRPC" ? headers["grpc-timeout"] : headers["connect-timeout-ms"];
-      expect(timeout, "the default deadline when the caller sets none").toBe(name === "gRPC" ? `${DEFAULT_TIMEOUT_MS}m` : String(DEFAULT_TIMEOUT_MS));
+      const timeoutMs = forwardedTimeoutMs(headers);
+      expect(timeoutMs, "the time left of the default deadline when the caller sets none").toBeLessThanOrEqual(DEFAULT_TIMEOUT_MS);
+      expect(timeoutMs).toBeGreaterThan(DEFAULT_TIMEOUT_MS - 1_000);
     });
 
     it("errors come back as payments sent them (code, message, details) and count in the gateway's metrics", async () => {
@@ -132,7 +144,7 @@ describe("the gateway's relay of PaymentsService calls", () => {
       const err = ConnectError.from(await client.getPayment({ paymentId }, { headers: bearer(KEY), timeoutMs: 300 }).catch((e: unknown) => e));
       expect(err.code).toBe(Code.DeadlineExceeded);
       const call = await waitFor(() => (seen.get(paymentId)?.aborted ? seen.get(paymentId) : undefined), "payments saw the call end");
-      expect(Number(call.headers["grpc-timeout"]?.replace(/m$/, "") ?? call.headers["connect-timeout-ms"])).toBeLessThanOrEqual(300);
+      expect(forwardedTimeoutMs(call.headers)).toBeLessThanOrEqual(300);
     });
 
     it("a caller that goes away cancels the call at payments", async () => {
@@ -145,6 +157,20 @@ describe("the gateway's relay of PaymentsService calls", () => {
       expect(ConnectError.from(await call).code).toBe(Code.Canceled);
       const aborted = await waitFor(() => seen.get(paymentId)?.aborted, "payments saw the call cancelled");
       expect(Number(aborted)).toBe(Code.Canceled);
+    });
+
+    it("a caller that leaves while its key is checked: payments is not called, and the gateway serves on", async () => {
+      const client = createClient(PaymentsService, transport());
+      const paymentId = id("ok");
+      const abort = new AbortController();
+      const call = client.getPayment({ paymentId }, { headers: bearer(SLOW_KEY), signal: abort.signal }).catch((e: unknown) => e);
+      await sleep(AUTHENTICATION_MS / 3);
+      abort.abort();
+      expect(ConnectError.from(await call).code).toBe(Code.Canceled);
+      await sleep(AUTHENTICATION_MS + 200);
+      expect(seen.has(paymentId)).toBe(false);
+      const next = await client.getPayment({ paymentId: id("ok") }, { headers: bearer(KEY) });
+      expect(next.payment?.merchantId).toBe("acme");
     });
 
     it("no key or an unknown one is answered by the Connect handler: UNAUTHENTICATED, nothing relayed", async () => {
@@ -181,6 +207,79 @@ describe("the gateway's relay of PaymentsService calls", () => {
       await front.shutdown();
     }
   });
+
+  // Bare HTTP/2 requests with the deadline header exactly as the test writes it: connect's and
+  // grpc-js's clients write their own, grpc-go's (grpcurl, k6) write fractions and other units.
+  describe("deadlines as every client writes them", () => {
+    const id = (what: string) => `${what}-raw-${Math.random().toString(36).slice(2, 8)}`;
+
+    it("a grpc-go client's (grpcurl -max-time 30 sends 29842030u) is relayed, and payments gets a valid grpc-timeout of the time left", async () => {
+      const paymentId = id("ok");
+      const answer = await rawCall(gateway.url, { protocol: "grpc", paymentId, timeout: "29842030u", key: KEY });
+      expect(answer.code).toBe("OK");
+      const timeoutMs = forwardedTimeoutMs(seen.get(paymentId)!.headers);
+      expect(timeoutMs).toBeLessThanOrEqual(29842.03);
+      expect(timeoutMs).toBeGreaterThan(28842.03);
+    });
+
+    it("one longer than a timer holds (99999999H, connect-timeout-ms 9999999999) is answered, not expired at once, and passed on within bounds", async () => {
+      for (const [protocol, timeout] of [["grpc", "99999999H"], ["connect", "9999999999"]] as const) {
+        const paymentId = id("ok");
+        const answer = await rawCall(gateway.url, { protocol, paymentId, timeout, key: KEY });
+        expect({ protocol, code: answer.code }).toEqual({ protocol, code: "OK" });
+        expect(forwardedTimeoutMs(seen.get(paymentId)!.headers)).toBe(MAX_TIMEOUT_MS);
+      }
+    });
+
+    it("with no time left (0m, 1n, 1u; connect-timeout-ms 0) the call ends at once with DEADLINE_EXCEEDED, every time", async () => {
+      const deadlines = [["grpc", "0m"], ["grpc", "1n"], ["grpc", "1u"], ["connect", "0"]] as const;
+      for (let round = 0; round < 10; round++) {
+        for (const [protocol, timeout] of deadlines) {
+          // A payment payments never answers: only a deadline can end the call.
+          const paymentId = id("hang");
+          const answer = await rawCall(gateway.url, { protocol, paymentId, timeout, key: KEY });
+          expect({ protocol, timeout, code: answer.code }).toEqual({ protocol, timeout, code: "DeadlineExceeded" });
+          if (timeout === "0m" || timeout === "0") expect(seen.has(paymentId), "payments is not called with no time left").toBe(false);
+        }
+      }
+    });
+
+    it("passing after payments sent its headers: gRPC gets DEADLINE_EXCEEDED in the trailers; a Connect answer or a part of a message is reset, never ended as if whole", async () => {
+      // A payments that answers with headers (and, asked for "partial", the start of a message), then nothing.
+      const stalling = http2.createServer();
+      stalling.on("stream", (s, h) => {
+        s.on("error", () => {});
+        s.resume();
+        s.respond({ ":status": 200, "content-type": String(h["content-type"]) });
+        if (h["x-stall"] === "partial") s.write(Buffer.from([0, 0, 0, 0, 9, 0x0a]));
+      });
+      await new Promise<void>((resolve) => stalling.listen(0, "127.0.0.1", resolve));
+      const stallingRelay = paymentsRelay({ upstreamUrl: `http://127.0.0.1:${(stalling.address() as AddressInfo).port}`, merchants, defaultTimeoutMs: DEFAULT_TIMEOUT_MS, logger });
+      const front = await startServer({ name: "gateway-before-stalling", services: [PaymentsService], routes: () => {}, interceptors: [authentication(merchants)], relay: stallingRelay, close: async () => stallingRelay.close() }, options(0));
+      try {
+        for (let round = 0; round < 3; round++) {
+          const grpc = await rawCall(front.url, { protocol: "grpc", paymentId: "stall", timeout: "200m", key: KEY });
+          expect(grpc).toEqual({ status: 200, code: "DeadlineExceeded", reset: false });
+          const partial = await rawCall(front.url, { protocol: "grpc", paymentId: "stall", timeout: "200m", key: KEY, headers: { "x-stall": "partial" } });
+          expect(partial.reset, "a message cut short is never passed off as a whole answer").toBe(true);
+          const connect = await rawCall(front.url, { protocol: "connect", paymentId: "stall", timeout: "200", key: KEY });
+          expect(connect.reset, "a 200 with no message after it would read as an empty answer").toBe(true);
+        }
+      } finally {
+        await front.shutdown();
+        await new Promise<void>((resolve) => stalling.close(() => resolve()));
+      }
+    });
+
+    const grpcurl = findGrpcurl();
+    it.runIf(grpcurl)("grpcurl -max-time through the gateway: relayed and answered", async () => {
+      const paymentId = id("ok");
+      const call = await runTool(grpcurl!, ["-max-time", "30", "-plaintext", "-H", `authorization: Bearer ${KEY}`, "-d", JSON.stringify({ payment_id: paymentId }), hostPort(gateway.url), "paygate.payments.v1.PaymentsService/GetPayment"]);
+      expect(call.code, call.stderr).toBe(0);
+      expect(JSON.parse(call.stdout)).toMatchObject({ payment: { id: paymentId, merchantId: "acme" } });
+      expect(forwardedTimeoutMs(seen.get(paymentId)!.headers)).toBeLessThanOrEqual(30_000);
+    });
+  });
 });
 
 /** rpc_server_requests_total with exactly these labels, from the process registry. */
@@ -189,4 +288,70 @@ async function counted(labels: Record<string, string>): Promise<number> {
   const want = Object.entries(labels);
   const found = metric.values.find((v) => Object.keys(v.labels).length === want.length && want.every(([k, x]) => v.labels[k] === x));
   return found?.value ?? 0;
+}
+
+/** The deadline payments got (grpc-timeout or connect-timeout-ms), in ms; fails on a malformed one. */
+function forwardedTimeoutMs(headers: Record<string, string>): number {
+  const grpc = headers["grpc-timeout"] !== undefined;
+  const parsed = grpc ? parseGrpcTimeout(headers["grpc-timeout"]!, Number.MAX_SAFE_INTEGER) : parseConnectTimeout(headers["connect-timeout-ms"] ?? null, Number.MAX_SAFE_INTEGER);
+  if (parsed.error || parsed.timeoutMs === undefined) throw new Error(`payments got no valid deadline: ${JSON.stringify(headers)}`);
+  return parsed.timeoutMs;
+}
+
+interface RawAnswer {
+  status: number;
+  /** The call's code name (gRPC status, or a Connect error body's code), "OK" when it succeeded. */
+  code: string;
+  /** The stream was reset instead of ended. */
+  reset: boolean;
+}
+
+/**
+ * GetPayment on a bare HTTP/2 stream with `timeout` as the deadline header, exactly as given.
+ * Rejects when the stream neither ends nor is reset within 5 s.
+ */
+function rawCall(url: string, call: { protocol: "grpc" | "connect"; paymentId: string; timeout: string; key: string; headers?: Record<string, string> }): Promise<RawAnswer> {
+  const message = toBinary(GetPaymentRequestSchema, create(GetPaymentRequestSchema, { paymentId: call.paymentId }));
+  const grpc = call.protocol === "grpc";
+  const headers: http2.OutgoingHttpHeaders = {
+    ":method": "POST",
+    ":path": "/paygate.payments.v1.PaymentsService/GetPayment",
+    "content-type": grpc ? "application/grpc" : "application/proto",
+    authorization: `Bearer ${call.key}`,
+    [grpc ? "grpc-timeout" : "connect-timeout-ms"]: call.timeout,
+    ...(grpc ? { te: "trailers" } : { "connect-protocol-version": "1" }),
+    ...call.headers,
+  };
+  const body = grpc ? Buffer.concat([Buffer.from([0, 0, 0, 0, message.length]), message]) : message;
+  const session = http2.connect(url);
+  session.on("error", () => {});
+  const answer = new Promise<RawAnswer>((resolve) => {
+    const stream = session.request(headers);
+    let responseHeaders: http2.IncomingHttpHeaders = {};
+    let trailers: http2.IncomingHttpHeaders = {};
+    const chunks: Buffer[] = [];
+    let ended = false;
+    stream.on("response", (h) => (responseHeaders = h));
+    stream.on("trailers", (t) => (trailers = t));
+    stream.on("data", (chunk: Buffer) => chunks.push(chunk));
+    stream.on("end", () => (ended = true));
+    stream.on("error", () => {});
+    stream.on("close", () => {
+      const status = Number(responseHeaders[":status"] ?? 0);
+      const reset = !ended || stream.rstCode !== http2.constants.NGHTTP2_NO_ERROR;
+      const code = grpc ? Number(trailers["grpc-status"] ?? responseHeaders["grpc-status"] ?? Code.Unknown) : status === 200 ? 0 : connectErrorCode(Buffer.concat(chunks));
+      resolve({ status, code: code === 0 ? "OK" : (Code[code] ?? "Unknown"), reset });
+    });
+    stream.end(body);
+  });
+  return within(answer, 5_000, `the relayed call (${call.protocol}, deadline ${call.timeout})`).finally(() => session.destroy());
+}
+
+/** The code of a Connect error body ({"code": "deadline_exceeded", ...}). */
+function connectErrorCode(body: Buffer): Code {
+  try {
+    return codeFromString(String((JSON.parse(body.toString("utf8")) as { code?: unknown }).code)) ?? Code.Unknown;
+  } catch {
+    return Code.Unknown;
+  }
 }
