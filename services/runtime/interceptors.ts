@@ -9,12 +9,19 @@ import { codeName } from "./metrics.js";
 /**
  * Maps every error leaving a handler to what a client may see: domain errors to their code
  * and typed detail, Connect errors as they are, anything else to a bare INTERNAL (logged in
- * full here, never sent: no stack traces or SQL text reach a client).
+ * full here, never sent: no stack traces or SQL text reach a client). An error that only
+ * says the client went away (e.g. a stream's request ending in ERR_STREAM_PREMATURE_CLOSE
+ * when a client closes its connection mid-stream) is no fault of the service: CANCELED,
+ * logged at debug level.
  */
 export function errorMapping(logger: Logger): Interceptor {
-  const map = (err: unknown, procedure: string): ConnectError => {
+  const map = (err: unknown, procedure: string, signal: AbortSignal): ConnectError => {
     if (err instanceof DomainError) return toConnectError(err);
     if (err instanceof ConnectError) return err;
+    if (clientGone(signal)) {
+      logger.debug({ err, procedure }, "the client went away");
+      return new ConnectError("the client went away", Code.Canceled, undefined, undefined, err);
+    }
     logger.error({ err, procedure }, "unexpected error");
     return new ConnectError("internal error", Code.Internal);
   };
@@ -23,11 +30,23 @@ export function errorMapping(logger: Logger): Interceptor {
     try {
       const res = await next(req);
       if (!res.stream) return res;
-      return { ...res, message: mapStream(res.message, (err) => map(err, procedure)) } as StreamResponse;
+      return { ...res, message: mapStream(res.message, (err) => map(err, procedure, req.signal)) } as StreamResponse;
     } catch (err) {
-      throw map(err, procedure);
+      throw map(err, procedure, req.signal);
     }
   };
+}
+
+/**
+ * Whether the call's signal says its client went away: connect-node aborts it with CANCELED
+ * when the client resets the stream or closes the connection (ABORTED for an HTTP/1.1
+ * connection reset). A passed deadline (DEADLINE_EXCEEDED) or the server's cut-off
+ * (UNAVAILABLE) is not the client leaving: errors after those stay logged.
+ */
+function clientGone(signal: AbortSignal): boolean {
+  if (!signal.aborted) return false;
+  const { code } = ConnectError.from(signal.reason, Code.Canceled);
+  return code === Code.Canceled || code === Code.Aborted;
 }
 
 async function* mapStream<T>(messages: AsyncIterable<T>, map: (err: unknown) => ConnectError): AsyncIterable<T> {

@@ -1,19 +1,25 @@
 // Health and reflection served by Connect over real h2c, checked with grpc-js as an
-// independent client that knows only the upstream .proto files.
+// independent client that knows only the upstream .proto files; and a client leaving a
+// reflection stream early on a Paygate server (startServer), which is no error of the server.
 import http2 from "node:http2";
 import type { AddressInfo } from "node:net";
 import { fileURLToPath } from "node:url";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import * as grpc from "@grpc/grpc-js";
 import * as protoLoader from "@grpc/proto-loader";
-import { createFileRegistry, fromBinary } from "@bufbuild/protobuf";
+import { create, createFileRegistry, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { FileDescriptorProtoSchema, timestampNow } from "@bufbuild/protobuf/wkt";
 import type { FileDescriptorProto } from "@bufbuild/protobuf/wkt";
 import type { ConnectRouter } from "@connectrpc/connect";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
+import { ServerReflectionRequestSchema } from "../../services/gen/grpc/reflection/v1/reflection_pb.js";
 import { FxService } from "../../services/gen/paygate/fx/v1/fx_pb.js";
 import { HealthStatus, ServingStatus, registerHealth } from "../../services/runtime/health.js";
+import { createLogger } from "../../services/runtime/logger.js";
+import { registry } from "../../services/runtime/metrics.js";
 import { registerReflection } from "../../services/runtime/reflection.js";
+import { startServer as startPaygateServer } from "../../services/runtime/server.js";
+import { waitFor } from "../support/wire.js";
 
 const modules = fileURLToPath(new URL("../../node_modules/", import.meta.url));
 const loaderOptions: protoLoader.Options = { keepCase: true, enums: String, defaults: true, oneofs: true };
@@ -302,5 +308,70 @@ describe("FxService next to them", () => {
     const FxClient = clientConstructor(fileURLToPath(new URL("../../proto", import.meta.url)), "paygate/fx/v1/fx.proto", "paygate.fx.v1.FxService");
     const res = await unary<{ rate: { mid_rate: string } }>(connect(FxClient), "GetRate", { base_currency: "USD", quote_currency: "EUR" });
     expect(res.rate.mid_rate).toBe("2");
+  });
+});
+
+describe("a client leaving a reflection stream early, as k6 does (it closes its connection with the stream open)", () => {
+  /** Opens ServerReflectionInfo (`version`) on a fresh connection, asks list_services, and leaves once the answer came. */
+  async function reflectAndLeave(url: string, version: "v1" | "v1alpha", leave: "connection closed" | "stream cancelled"): Promise<void> {
+    const message = toBinary(ServerReflectionRequestSchema, create(ServerReflectionRequestSchema, { messageRequest: { case: "listServices", value: "" } }));
+    const session = http2.connect(url);
+    session.on("error", () => {});
+    const stream = session.request({ ":method": "POST", ":path": `/grpc.reflection.${version}.ServerReflection/ServerReflectionInfo`, "content-type": "application/grpc", te: "trailers" });
+    stream.on("error", () => {});
+    await new Promise<void>((resolve) => {
+      stream.once("data", () => resolve());
+      stream.write(Buffer.concat([Buffer.from([0, 0, 0, 0, message.length]), message]));
+    });
+    if (leave === "stream cancelled") stream.close(http2.constants.NGHTTP2_CANCEL);
+    session.destroy();
+  }
+
+  /** rpc_server_requests_total of ServerReflectionInfo ending with `code`. */
+  async function reflectionCalls(version: string, code: string): Promise<number> {
+    const metric = await registry.getSingleMetric("rpc_server_requests_total")!.get();
+    const found = metric.values.find((v) => v.labels.rpc_service === `grpc.reflection.${version}.ServerReflection` && v.labels.rpc_method === "ServerReflectionInfo" && v.labels.code === code);
+    return found?.value ?? 0;
+  }
+
+  it("ends the call CANCELED: no error logged, counted as canceled, the server serves on; a real error is still logged", async () => {
+    const lines: string[] = [];
+    const logger = createLogger("reflection-test", "info", { write: (line: string) => void lines.push(line) });
+    const routes = (router: ConnectRouter) =>
+      router.service(FxService, {
+        getRate() {
+          throw new Error("the rate table is gone");
+        },
+      });
+    const paygate = await startPaygateServer({ name: "fx-under-test", services: [FxService], routes }, { host: "127.0.0.1", port: 0, maxRequestBytes: 1 << 20, shutdownTimeoutMs: 2_000, drainDelayMs: 0, logger });
+    const errors = () => lines.map((line) => JSON.parse(line) as { level: string; msg: string }).filter((line) => line.level === "error");
+    try {
+      for (const version of ["v1", "v1alpha"] as const) {
+        const before = await reflectionCalls(version, "canceled");
+        for (let i = 0; i < 3; i++) {
+          await reflectAndLeave(paygate.url, version, "connection closed");
+          await reflectAndLeave(paygate.url, version, "stream cancelled");
+        }
+        await waitFor(async () => (await reflectionCalls(version, "canceled")) === before + 6, `six ${version} reflection calls counted as canceled`);
+      }
+      expect(errors()).toEqual([]);
+      expect(await reflectionCalls("v1", "internal")).toBe(0);
+
+      const address = new URL(paygate.url).host;
+      const health = new HealthClient(address, grpc.credentials.createInsecure());
+      const fx = new (clientConstructor(fileURLToPath(new URL("../../proto", import.meta.url)), "paygate/fx/v1/fx.proto", "paygate.fx.v1.FxService"))(address, grpc.credentials.createInsecure());
+      try {
+        expect(await unary<{ status: string }>(health, "Check", { service: "" })).toEqual({ status: "SERVING" });
+        const crash = await unary(fx, "GetRate", { base_currency: "USD", quote_currency: "EUR" }).catch((err: grpc.ServiceError) => err);
+        expect((crash as grpc.ServiceError).code).toBe(grpc.status.INTERNAL);
+        await waitFor(() => errors().length === 1, "the crash logged");
+        expect(errors()[0]!.msg).toBe("unexpected error");
+      } finally {
+        health.close();
+        fx.close();
+      }
+    } finally {
+      await paygate.shutdown();
+    }
   });
 });
