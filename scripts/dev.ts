@@ -1,86 +1,179 @@
 // `npm start`: runs every Paygate service on this machine, each as its own process on its
-// usual ports, with embedded databases under .data/ (or DATABASE_URL when set). Prints the
-// endpoints and example calls once all are ready; Ctrl-C stops them all gracefully.
+// usual ports (or those its *_PORT variables name), with embedded databases under DATA_DIR
+// (.data/ by default) or in DATABASE_URL when set. Prints the endpoints and example calls
+// once all are ready; when one is not ready within PAYGATE_START_TIMEOUT_SECONDS, says which
+// and why, and stops them all. Ctrl-C stops them all gracefully.
 import { spawn, type ChildProcess } from "node:child_process";
+import path from "node:path";
 import { createInterface } from "node:readline";
 import { setTimeout as sleep } from "node:timers/promises";
+import { fileURLToPath } from "node:url";
+import { z } from "zod";
 import { DEMO_MERCHANTS } from "../services/gateway/demo.js";
+import { ConfigError, loadConfig, portVar, runtimeEnv } from "../services/runtime/config.js";
+import { IN_MEMORY } from "../services/runtime/db.js";
 
-interface ServiceProcess {
+const SECONDS_EXPECTED = "expected a whole number of seconds from 1 to 86400";
+
+/** The variables `npm start` reads itself (the services read theirs). */
+export const devEnv = {
+  /** How long to wait for every service to be ready before giving up. */
+  PAYGATE_START_TIMEOUT_SECONDS: z.coerce.number({ error: SECONDS_EXPECTED }).int(SECONDS_EXPECTED).min(1, SECONDS_EXPECTED).max(86_400, SECONDS_EXPECTED).default(120),
+  DATABASE_URL: runtimeEnv.DATABASE_URL,
+  DATA_DIR: runtimeEnv.DATA_DIR,
+  FX_PORT: portVar.default(9092),
+  FX_ADMIN_PORT: portVar.default(9102),
+  RISK_PORT: portVar.default(9094),
+  RISK_ADMIN_PORT: portVar.default(9104),
+  WALLET_PORT: portVar.default(9093),
+  WALLET_ADMIN_PORT: portVar.default(9103),
+  PAYMENTS_PORT: portVar.default(9091),
+  PAYMENTS_ADMIN_PORT: portVar.default(9101),
+  GATEWAY_PORT: portVar.default(8080),
+};
+
+export interface ServiceProcess {
   name: string;
-  entry: string;
-  rpcPort: number;
-  adminPort: number;
+  rpcUrl: string;
+  /** Serves /readyz. */
+  adminUrl: string;
 }
 
-const services: ServiceProcess[] = [
-  { name: "fx", entry: "services/fx/main.ts", rpcPort: 9092, adminPort: 9102 },
-  { name: "risk", entry: "services/risk/main.ts", rpcPort: 9094, adminPort: 9104 },
-  { name: "wallet", entry: "services/wallet/main.ts", rpcPort: 9093, adminPort: 9103 },
-  { name: "payments", entry: "services/payments/main.ts", rpcPort: 9091, adminPort: 9101 },
-  { name: "gateway", entry: "services/gateway/main.ts", rpcPort: 8080, adminPort: 8080 },
-];
-
-const children = new Map<string, ChildProcess>();
-let stopping = false;
-
-function start(svc: ServiceProcess): ChildProcess {
-  // Local runs get the demo merchants and accounts unless told otherwise.
-  const env = { GATEWAY_DEMO_DATA: "true", ...process.env };
-  const child = spawn(process.execPath, ["--import", "tsx", svc.entry], { env, stdio: ["ignore", "pipe", "pipe"] });
-  for (const stream of [child.stdout, child.stderr]) {
-    createInterface({ input: stream }).on("line", (line) => process.stdout.write(`${svc.name.padEnd(8)}| ${line}\n`));
+/** Whether the service whose admin port is at `adminUrl` is ready, or why not, from one GET /readyz (bounded). */
+export async function readiness(adminUrl: string): Promise<{ ready: true } | { ready: false; why: string }> {
+  let res: Response;
+  try {
+    res = await fetch(`${adminUrl}/readyz`, { signal: AbortSignal.timeout(2_000) });
+  } catch (err) {
+    const code = (err as { cause?: { code?: unknown } }).cause?.code;
+    if (code === "ECONNREFUSED") return { ready: false, why: `its port ${new URL(adminUrl).host} is not open (still starting, or stuck before it listens)` };
+    return { ready: false, why: `GET /readyz got no answer (${typeof code === "string" ? code : err instanceof Error ? err.message : String(err)})` };
   }
-  child.on("exit", (code, signal) => {
-    children.delete(svc.name);
-    if (!stopping) {
-      process.stderr.write(`${svc.name} exited (${signal ?? `code ${code}`}); stopping the others\n`);
-      stopAll(1);
-    } else if (children.size === 0) process.exit(process.exitCode ?? 0);
-  });
-  children.set(svc.name, child);
-  return child;
+  const body = await res.text();
+  if (res.ok) return { ready: true };
+  // A Paygate service answers {"status": "not ready", "checks": {"server": "ok", "fx": "<why>"}}.
+  let failing: string[] = [];
+  try {
+    const { checks } = JSON.parse(body) as { checks?: Record<string, unknown> };
+    failing = Object.entries(checks ?? {})
+      .filter(([, result]) => result !== "ok")
+      .map(([check, result]) => `${check}: ${String(result)}`);
+  } catch {
+    // not a Paygate answer: the status says enough
+  }
+  return { ready: false, why: `GET /readyz answers ${res.status}${failing.length ? `, failing ${failing.join("; ")}` : ""}` };
 }
 
-function stopAll(exitCode: number): void {
-  if (stopping) return;
-  stopping = true;
-  process.exitCode = exitCode;
-  if (children.size === 0) process.exit(exitCode);
-  for (const child of children.values()) child.kill("SIGTERM");
-}
-
-async function waitReady(svc: ServiceProcess, timeoutMs = 120_000): Promise<void> {
+/**
+ * Polls every service's /readyz until all are ready. Past `timeoutMs` it rejects with a
+ * message naming each service still starting and why (what its /readyz said last); when
+ * `signal` aborts it rejects with the signal's reason.
+ */
+export async function waitUntilReady(services: ServiceProcess[], timeoutMs: number, signal?: AbortSignal, intervalMs = 250): Promise<void> {
   const deadline = Date.now() + timeoutMs;
-  while (Date.now() < deadline && !stopping) {
-    try {
-      const res = await fetch(`http://127.0.0.1:${svc.adminPort}/readyz`);
-      if (res.ok) return;
-    } catch {
-      // not listening yet
+  const starting = new Map(services.map((s) => [s, "not asked yet"]));
+  for (;;) {
+    signal?.throwIfAborted();
+    await Promise.all(
+      [...starting.keys()].map(async (s) => {
+        const state = await readiness(s.adminUrl);
+        if (state.ready) starting.delete(s);
+        else starting.set(s, state.why);
+      }),
+    );
+    if (starting.size === 0) return;
+    if (Date.now() >= deadline) {
+      const lines = [...starting].map(([s, why]) => `  ${s.name}: ${why}`);
+      throw new Error(`not ready within ${timeoutMs / 1000} s (PAYGATE_START_TIMEOUT_SECONDS sets the wait):\n${lines.join("\n")}`);
     }
-    await sleep(250);
+    await sleep(intervalMs, undefined, { signal }).catch(() => {}); // aborted: thrown with its reason above
   }
-  if (!stopping) throw new Error(`${svc.name} did not become ready within ${timeoutMs / 1000}s`);
 }
 
-process.on("SIGINT", () => stopAll(0));
-process.on("SIGTERM", () => stopAll(0));
+/** Where the services keep their data, as the banner says it: never a password. */
+export function storageDescription(config: { DATABASE_URL?: string | undefined; DATA_DIR: string }): string {
+  if (config.DATABASE_URL) {
+    const url = new URL(config.DATABASE_URL);
+    return `PostgreSQL at ${url.host}${url.pathname}`;
+  }
+  if (config.DATA_DIR === IN_MEMORY) return `embedded PGlite in memory (DATA_DIR=${IN_MEMORY}: nothing is kept)`;
+  return `embedded PGlite under ${path.resolve(config.DATA_DIR)}`;
+}
 
-// All start at once (each waits for what it calls); the banner comes when every one is ready.
-for (const svc of services) start(svc);
-await Promise.all(services.map((svc) => waitReady(svc))).catch((err: Error) => {
-  process.stderr.write(`${err.message}\n`);
-  stopAll(1);
-});
-if (!stopping) process.stdout.write(banner());
+async function main(): Promise<void> {
+  let config: z.infer<z.ZodObject<typeof devEnv>>;
+  try {
+    config = loadConfig(devEnv);
+  } catch (err) {
+    if (!(err instanceof ConfigError)) throw err;
+    process.stderr.write(`${err.message}\n`);
+    process.exit(2);
+  }
+  const local = (port: number) => `http://127.0.0.1:${port}`;
+  const services: (ServiceProcess & { entry: string })[] = [
+    { name: "fx", entry: "services/fx/main.ts", rpcUrl: local(config.FX_PORT), adminUrl: local(config.FX_ADMIN_PORT) },
+    { name: "risk", entry: "services/risk/main.ts", rpcUrl: local(config.RISK_PORT), adminUrl: local(config.RISK_ADMIN_PORT) },
+    { name: "wallet", entry: "services/wallet/main.ts", rpcUrl: local(config.WALLET_PORT), adminUrl: local(config.WALLET_ADMIN_PORT) },
+    { name: "payments", entry: "services/payments/main.ts", rpcUrl: local(config.PAYMENTS_PORT), adminUrl: local(config.PAYMENTS_ADMIN_PORT) },
+    { name: "gateway", entry: "services/gateway/main.ts", rpcUrl: local(config.GATEWAY_PORT), adminUrl: local(config.GATEWAY_PORT) },
+  ];
+  // Local runs get the demo merchants and accounts unless told otherwise, and find each other
+  // on the ports above unless told where.
+  const env = {
+    GATEWAY_DEMO_DATA: "true",
+    FX_URL: local(config.FX_PORT),
+    RISK_URL: local(config.RISK_PORT),
+    WALLET_URL: local(config.WALLET_PORT),
+    PAYMENTS_URL: local(config.PAYMENTS_PORT),
+    ...process.env,
+  };
 
-function banner(): string {
-  const rows = services.map((s) => `  ${s.name.padEnd(9)} rpc http://127.0.0.1:${s.rpcPort}   ready http://127.0.0.1:${s.adminPort}/readyz`).join("\n");
+  const children = new Map<string, ChildProcess>();
+  const stopping = new AbortController();
+  const stopAll = (exitCode: number) => {
+    if (stopping.signal.aborted) return;
+    stopping.abort();
+    process.exitCode = exitCode;
+    if (children.size === 0) process.exit(exitCode);
+    for (const child of children.values()) child.kill("SIGTERM");
+  };
+  process.on("SIGINT", () => stopAll(0));
+  process.on("SIGTERM", () => stopAll(0));
+
+  for (const svc of services) {
+    const child = spawn(process.execPath, ["--import", "tsx", svc.entry], { env, stdio: ["ignore", "pipe", "pipe"] });
+    for (const stream of [child.stdout, child.stderr]) {
+      createInterface({ input: stream }).on("line", (line) => process.stdout.write(`${svc.name.padEnd(8)}| ${line}\n`));
+    }
+    child.on("exit", (code, signal) => {
+      children.delete(svc.name);
+      if (!stopping.signal.aborted) {
+        process.stderr.write(`${svc.name} exited (${signal ?? `code ${code}`}); stopping the others\n`);
+        stopAll(1);
+      } else if (children.size === 0) process.exit(process.exitCode ?? 0);
+    });
+    children.set(svc.name, child);
+  }
+
+  // All start at once (each waits for what it calls); the banner comes when every one is ready.
+  try {
+    await waitUntilReady(services, config.PAYGATE_START_TIMEOUT_SECONDS * 1000, stopping.signal);
+  } catch (err) {
+    if (stopping.signal.aborted) return; // a service exited, or Ctrl-C: said already
+    process.stderr.write(`Paygate did not start: ${err instanceof Error ? err.message : String(err)}\nstopping every service\n`);
+    return stopAll(1);
+  }
+  process.stdout.write(banner(services, storageDescription(config)));
+}
+
+function banner(services: ServiceProcess[], storage: string): string {
+  const rows = services.map((s) => `  ${s.name.padEnd(9)} rpc ${s.rpcUrl}   ready ${s.adminUrl}/readyz`).join("\n");
   const keys = DEMO_MERCHANTS.map((m) => `  ${m.id.padEnd(7)} ${m.apiKey}   accounts ${m.id}_usd ${m.id}_eur ${m.id}_gbp ${m.id}_jpy ${m.id}_idr ${m.id}_kwd`).join("\n");
   const key = DEMO_MERCHANTS[0]!.apiKey;
+  const gateway = services.find((s) => s.name === "gateway")!.rpcUrl;
+  const fx = services.find((s) => s.name === "fx")!.rpcUrl;
   return `
-Paygate is running (${process.env.DATABASE_URL ? "PostgreSQL from DATABASE_URL" : "embedded PGlite under .data/"}). Ctrl-C stops it.
+Paygate is running (${storage}). Ctrl-C stops it.
 
 ${rows}
 
@@ -92,18 +185,20 @@ Every port speaks gRPC, gRPC-Web and Connect (JSON or binary) at once. Try:
   # a cross-currency payment through the REST route (USD from acme to IDR at globex)
   curl -s -H 'Authorization: Bearer ${key}' -H 'Content-Type: application/json' \\
     -d '{"id":"PAY-001","currency":"USD","amount":123.45,"source_account":"acme_usd","destination_account":"globex_idr"}' \\
-    http://127.0.0.1:8080/payments
-  curl -s -H 'Authorization: Bearer ${key}' http://127.0.0.1:8080/balance/acme_usd
+    ${gateway}/payments
+  curl -s -H 'Authorization: Bearer ${key}' ${gateway}/balance/acme_usd
 
   # the same API over gRPC, schema from server reflection
   grpcurl -plaintext -H 'authorization: Bearer ${key}' -H 'idempotency-key: demo-2' \\
     -d '{"source_account_id":"acme_eur","destination_account_id":"globex_jpy","amount":{"currency":"EUR","amount_minor":"5000"}}' \\
-    127.0.0.1:8080 paygate.payments.v1.PaymentsService/CreatePayment
+    ${new URL(gateway).host} paygate.payments.v1.PaymentsService/CreatePayment
 
   # Connect JSON straight to the fx service
   curl -s -H 'Content-Type: application/json' \\
     -d '{"decimal_amount":{"currency":"USD","value":"100.00"},"to_currency":"IDR"}' \\
-    http://127.0.0.1:9092/paygate.fx.v1.FxService/Convert
+    ${fx}/paygate.fx.v1.FxService/Convert
 
 `;
 }
+
+if (process.argv[1] === fileURLToPath(import.meta.url)) await main();
