@@ -4,6 +4,9 @@
 import type http from "node:http";
 import { Code, ConnectError, createConnectRouter, type ConnectRouter, type ConnectRouterOptions } from "@connectrpc/connect";
 import { universalRequestFromNodeRequest, universalResponseToNodeResponse } from "@connectrpc/connect-node";
+import { parseTimeout as parseConnectTimeout } from "@connectrpc/connect/protocol-connect";
+import { parseTimeout as parseGrpcTimeout } from "@connectrpc/connect/protocol-grpc";
+import { connectTimeout, grpcTimeout, MAX_TIMEOUT_MS } from "./http2-upstream.js";
 import type { Logger } from "./logger.js";
 import { ACCEPTED_COMPRESSION, checkedBody } from "./request-check.js";
 
@@ -23,6 +26,7 @@ export function rpcHandler(opts: RpcHandlerOptions): http.RequestListener {
     const handler = handlers.get(req.url?.split("?", 1)[0] ?? "");
     if (!handler) return opts.fallback(req, res);
     const uReq = universalRequestFromNodeRequest(req, res, undefined, undefined);
+    holdDeadline(uReq.header);
     // Calls with one request message (unary, server streams) have it checked as a whole.
     const kind = handler.method.methodKind;
     if (req.method === "POST" && (kind === "unary" || kind === "server_streaming") && typeof uReq.body === "object" && uReq.body !== null && Symbol.asyncIterator in uReq.body) {
@@ -35,4 +39,15 @@ export function rpcHandler(opts: RpcHandlerOptions): http.RequestListener {
         if (ConnectError.from(err).code !== Code.Aborted) opts.logger.error({ err, procedure: `${handler.service.typeName}/${handler.method.name}` }, "writing the answer failed");
       });
   };
+}
+
+/**
+ * A deadline longer than a Node.js timer can wait (about 24.8 days) would expire at once:
+ * it is held to the longest one that works instead.
+ */
+function holdDeadline(header: Headers): void {
+  const grpc = header.get("grpc-timeout");
+  if (grpc !== null && (parseGrpcTimeout(grpc, Number.MAX_SAFE_INTEGER).timeoutMs ?? 0) > MAX_TIMEOUT_MS) header.set("grpc-timeout", grpcTimeout(MAX_TIMEOUT_MS));
+  const connect = header.get("connect-timeout-ms");
+  if (connect !== null && (parseConnectTimeout(connect, Number.MAX_SAFE_INTEGER).timeoutMs ?? 0) > MAX_TIMEOUT_MS) header.set("connect-timeout-ms", connectTimeout(MAX_TIMEOUT_MS));
 }

@@ -14,6 +14,7 @@ import { toBinary } from "@bufbuild/protobuf";
 import { Code, ConnectError, createHandlerContext, createServiceImplSpec, type ConnectRouter, type Interceptor, type MethodImplSpec } from "@connectrpc/connect";
 import { invokeUnaryImplementation, mergeNonProtocolHeaders } from "@connectrpc/connect/protocol";
 import { codeToHttpStatus, errorToJsonBytes } from "@connectrpc/connect/protocol-connect";
+import { MAX_TIMEOUT_MS } from "./http2-upstream.js";
 import { parseBinaryRequest } from "./request-check.js";
 
 type UnarySpec = Extract<MethodImplSpec, { kind: "unary" }>;
@@ -55,7 +56,7 @@ export function unaryFastPath(opts: { interceptors: Interceptor[]; shutdownSigna
       if (size <= opts.readMaxBytes) chunks.push(chunk);
     });
     // serve() answers every outcome itself; a failure to write the answer can only leave the stream to be reset.
-    req.once("end", () => void serve(req, stream, spec, timeout === undefined ? undefined : Number(timeout), chunks, size).catch(() => stream.destroy()));
+    req.once("end", () => void serve(req, stream, spec, timeout === undefined ? undefined : Math.min(Number(timeout), MAX_TIMEOUT_MS), chunks, size).catch(() => stream.destroy()));
     return true;
   };
 

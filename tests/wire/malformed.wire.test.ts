@@ -41,6 +41,12 @@ describe("malformed requests", () => {
           reached.push(req);
           return {};
         },
+        async release(_req, ctx) {
+          await new Promise((r) => setTimeout(r, 50));
+          // As a call downstream would: a passed deadline ends the call.
+          ctx.signal.throwIfAborted();
+          return {};
+        },
         async getHold() {
           await db.query("SELECT * FROM no_such_table");
           return {};
@@ -187,6 +193,17 @@ describe("malformed requests", () => {
     const grpc = await overHttp2({ "content-type": "application/grpc", te: "trailers" }, envelope(0, new Uint8Array()), path);
     expect(grpcStatus(grpc)).toBe("13");
     expect(JSON.stringify(grpc)).not.toMatch(/no_such_table|SELECT|\bat /);
+  });
+
+  it("a deadline longer than a timer can wait is held to the longest one, not expired at once", async () => {
+    const path = "/paygate.wallet.v1.WalletService/Release";
+    const grpc = await overHttp2({ "content-type": "application/grpc", te: "trailers", "grpc-timeout": "99999999H" }, envelope(0, new Uint8Array()), path);
+    expect(grpcStatus(grpc)).toBe("0");
+    for (const type of ["application/proto", "application/json"]) {
+      const body = type === "application/json" ? "{}" : "";
+      const connect = await overHttp2({ "content-type": type, "connect-timeout-ms": "9999999999" }, body, path);
+      expect(connect.status, type).toBe(200);
+    }
   });
 
   it("a request with no usable Host is a 400 and a handler that throws is a 500; the server serves on", async () => {
