@@ -167,6 +167,8 @@ describe("helm lint and helm template", () => {
       expect(ofKind(objects, "Service").map(componentOf).sort()).toEqual(
         [...COMPONENTS, ...(named(objects, "StatefulSet", `${RELEASE}-postgresql`) ? ["postgresql"] : [])].sort(),
       );
+      // Namespaced explicitly: `helm template | kubectl apply` (Tilt) lands where `helm install` would.
+      expect(objects.filter((o) => o.metadata.namespace !== NAMESPACE).map((o) => `${o.kind}/${o.metadata.name}`)).toEqual([]);
       const names = objects.map((o) => `${o.kind}/${o.metadata.name}`);
       expect(new Set(names).size, "two objects of one kind share a name").toBe(names.length);
     }
@@ -458,7 +460,7 @@ function allowed(policies: Json[], from: Endpoint, to: Endpoint, port: { name?: 
     !rule.ports || rule.ports.some((p: Json) => (p.protocol ?? "TCP") === port.protocol && (p.port === undefined || p.port === port.port || (typeof p.port === "string" && p.port === port.name)));
   const direction = (self: Endpoint, other: Endpoint, type: "Ingress" | "Egress") => {
     if (self.ip !== undefined) return true;
-    const applying = policies.filter((p) => p.metadata.namespace === undefined && self.namespace === NAMESPACE && selects(p.spec.podSelector, self.labels) && p.spec.policyTypes.includes(type));
+    const applying = policies.filter((p) => p.metadata.namespace === self.namespace && selects(p.spec.podSelector, self.labels) && p.spec.policyTypes.includes(type));
     if (applying.length === 0) return true;
     const field = type === "Ingress" ? "ingress" : "egress";
     const peers = type === "Ingress" ? "from" : "to";

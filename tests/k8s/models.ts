@@ -23,9 +23,10 @@ const operator = (kind: string): ModelRef => ({
   interfaceName: `I${kind}`,
 });
 
-/** Every apiVersion/kind the chart may render. Anything else is an error in itself. */
+/** Every apiVersion/kind the chart and k8s/ may hold. Anything else is an error in itself. */
 export const MODELS: Record<string, ModelRef> = {
   "v1/ConfigMap": k8s("v1", "ConfigMap"),
+  "v1/Namespace": k8s("v1", "Namespace"),
   "v1/Pod": k8s("v1", "Pod"),
   "v1/Secret": k8s("v1", "Secret"),
   "v1/Service": k8s("v1", "Service"),
@@ -35,6 +36,10 @@ export const MODELS: Record<string, ModelRef> = {
   "autoscaling/v2/HorizontalPodAutoscaler": k8s("autoscaling/v2", "HorizontalPodAutoscaler"),
   "networking.k8s.io/v1/NetworkPolicy": k8s("networking.k8s.io/v1", "NetworkPolicy"),
   "policy/v1/PodDisruptionBudget": k8s("policy/v1", "PodDisruptionBudget"),
+  "rbac.authorization.k8s.io/v1/ClusterRole": k8s("rbac.authorization.k8s.io/v1", "ClusterRole"),
+  "rbac.authorization.k8s.io/v1/ClusterRoleBinding": k8s("rbac.authorization.k8s.io/v1", "ClusterRoleBinding"),
+  "rbac.authorization.k8s.io/v1/RoleBinding": k8s("rbac.authorization.k8s.io/v1", "RoleBinding"),
+  "apiregistration.k8s.io/v1/APIService": k8s("apiregistration.k8s.io/v1", "APIService"),
   "monitoring.coreos.com/v1/ServiceMonitor": operator("ServiceMonitor"),
   "monitoring.coreos.com/v1/PrometheusRule": operator("PrometheusRule"),
 };
