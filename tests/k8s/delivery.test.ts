@@ -145,6 +145,10 @@ describe("Tiltfile", () => {
     for (const s of services) expect(has("Deployment", `${release}-${s}`), s).toBe(true);
     expect(has("StatefulSet", `${release}-postgresql`)).toBe(true);
     expect(has("Secret", `${release}-postgresql`)).toBe(true);
+    // helm template cannot read back a generated password: each Tiltfile reload would change it
+    // under the running database. The dev values fix it.
+    const secret = objects.find((o) => o.kind === "Secret") as unknown as { data: Record<string, string> };
+    expect(Buffer.from(secret.data.password!, "base64").toString()).toBe((parse(read("k8s/paygate-dev-values.yaml")) as { postgresql: { password: string } }).postgresql.password);
     expect(has("PrometheusRule", release)).toBe(true);
     for (const s of services) expect(has("ServiceMonitor", `${release}-${s}`), s).toBe(true);
     for (const d of ["business", "services"]) expect(has("ConfigMap", `${release}-dashboard-${d}`), d).toBe(true);
