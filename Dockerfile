@@ -1,9 +1,7 @@
-# syntax=docker/dockerfile:1
-#
 # One image for the five Paygate services; the command picks the service:
 #
-#   docker build -t paygate:dev .
-#   docker run --rm -e HOST=0.0.0.0 -e DATABASE_URL=postgres://… paygate:dev node dist/services/payments/main.js
+#   docker build -t paygate:0.1.0 .
+#   docker run --rm -e DATABASE_URL=postgres://… paygate:0.1.0 node dist/services/payments/main.js
 #
 # Targets:
 #   runtime (the default, last): compiled JavaScript and production dependencies only — no
@@ -14,6 +12,10 @@
 #
 # The Helm chart (charts/paygate) runs `node dist/services/<name>/main.js` in the runtime image,
 # or `tsx watch services/<name>/main.ts` in the dev image (devMode).
+#
+# Needs BuildKit (Docker's default builder) or Buildah/Podman for the npm cache mounts; no
+# `# syntax=` line, so that the builder's own Dockerfile frontend is used and nothing is pulled
+# besides the base image.
 
 ARG NODE_IMAGE=node:20.19.5-bookworm-slim
 
