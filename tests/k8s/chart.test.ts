@@ -152,7 +152,14 @@ describe("helm lint and helm template", () => {
   });
 
   it("values.schema.json refuses unknown and mistyped values", async () => {
-    for (const bad of ["bogus=1", "components.payments.adminPort=abc", "components.fx.env.FX_PORT=1", "components.gateway.env.DATABASE_URL=postgres://x", "postgresql.persistence.size=lots"]) {
+    for (const bad of [
+      "bogus=1",
+      "components.payments.adminPort=abc",
+      "components.fx.env.FX_PORT=1",
+      "components.gateway.env.DATABASE_URL=postgres://x",
+      "postgresql.persistence.size=lots",
+      "components.payments.autoscaling.minReplicas=7",
+    ]) {
       const out = await helm(["template", RELEASE, CHART, "--set", bad]);
       expect(out.code, `--set ${bad} was accepted`).not.toBe(0);
     }
@@ -289,6 +296,12 @@ describe.each(SETS.map((s) => [s.name, s] as const))("services (%s)", (name, set
       const spec = podSpecOf(w);
       const where = `${w.kind}/${w.metadata.name}`;
       expect(spec.automountServiceAccountToken, where).toBe(false);
+      // The rest of the restricted Pod Security Standard: no host namespaces or ports, and only
+      // the volume types it allows.
+      expect([spec.hostNetwork, spec.hostPID, spec.hostIPC].filter(Boolean), where).toEqual([]);
+      expect(containersOf(w).flatMap((c) => (c.ports ?? []).filter((p: Json) => p.hostPort)), where).toEqual([]);
+      const RESTRICTED_VOLUMES = ["configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim", "projected", "secret"];
+      for (const v of spec.volumes ?? []) expect(Object.keys(v).filter((k) => k !== "name").every((k) => RESTRICTED_VOLUMES.includes(k)), `${where} volume ${v.name}`).toBe(true);
       expect(spec.securityContext.runAsNonRoot, where).toBe(true);
       expect(Number.isInteger(spec.securityContext.runAsUser) && spec.securityContext.runAsUser > 0, where).toBe(true);
       expect(spec.securityContext.seccompProfile?.type, where).toBe("RuntimeDefault");
