@@ -15,8 +15,8 @@
 import http2 from "node:http2";
 import type http from "node:http";
 import { Code, ConnectError } from "@connectrpc/connect";
-import { codeFromString, codeToHttpStatus, errorToJsonBytes, parseTimeout as parseConnectTimeout } from "@connectrpc/connect/protocol-connect";
-import { parseTimeout as parseGrpcTimeout } from "@connectrpc/connect/protocol-grpc";
+import { codeFromString, codeToHttpStatus, errorToJsonBytes, parseContentType as parseConnectContentType, parseTimeout as parseConnectTimeout } from "@connectrpc/connect/protocol-connect";
+import { parseContentType as parseGrpcContentType, parseTimeout as parseGrpcTimeout } from "@connectrpc/connect/protocol-grpc";
 import { context } from "@opentelemetry/api";
 import { PaymentsService } from "../gen/paygate/payments/v1/payments_pb.js";
 import { MERCHANT_HEADER } from "../runtime/headers.js";
@@ -51,8 +51,10 @@ function relayable(req: http.IncomingMessage, defaultTimeoutMs: number): Call | 
   if (req.httpVersionMajor !== 2 || req.method !== "POST") return undefined;
   const method = UNARY.get(req.url ?? "");
   if (method === undefined) return undefined;
-  const type = (req.headers["content-type"] ?? "").split(";")[0]!.trim().toLowerCase();
-  const protocol = type === "application/grpc" || type === "application/grpc+proto" || type === "application/grpc+json" ? "grpc" : type === "application/proto" || type === "application/json" ? "connect" : undefined;
+  // Only what payments' handler takes: anything else is answered by the gateway's (415).
+  const type = req.headers["content-type"] ?? null;
+  const connectType = parseConnectContentType(type);
+  const protocol = parseGrpcContentType(type) ? "grpc" : connectType && !connectType.stream ? "connect" : undefined;
   if (protocol === undefined) return undefined;
   const header = headerValue(req.headers[protocol === "grpc" ? "grpc-timeout" : "connect-timeout-ms"]) ?? null;
   const timeout = (protocol === "grpc" ? parseGrpcTimeout : parseConnectTimeout)(header, Number.MAX_SAFE_INTEGER);

@@ -56,5 +56,24 @@ export const failedPrecondition = (reason: string, message: string, field = "", 
 /** The Connect error a client sees for a domain error, with a typed ErrorDetail attached. */
 export function toConnectError(err: DomainError): ConnectError {
   const detail = create(ErrorDetailSchema, { reason: err.reason, field: err.field, metadata: err.metadata });
-  return new ConnectError(err.message, codeOf[err.kind], undefined, [{ desc: ErrorDetailSchema, value: detail }]);
+  return new ConnectError(clipMessage(err.message), codeOf[err.kind], undefined, [{ desc: ErrorDetailSchema, value: detail }]);
+}
+
+/** The longest error message sent, in characters. */
+const MAX_MESSAGE = 500;
+
+/**
+ * An error message fit to send: at most MAX_MESSAGE characters and valid Unicode. A message
+ * may quote the request; a long one would not fit in an HTTP/2 header frame as grpc-message
+ * (percent-encoded, up to nine bytes a character), and a lone surrogate cannot be encoded.
+ */
+export function clipMessage(message: string): string {
+  const whole = message.toWellFormed();
+  return whole.length <= MAX_MESSAGE ? whole : `${whole.slice(0, MAX_MESSAGE - 1).toWellFormed()}…`;
+}
+
+/** The same error with its message fit to send (see clipMessage). */
+export function clipped(err: ConnectError): ConnectError {
+  const message = clipMessage(err.rawMessage);
+  return message === err.rawMessage ? err : new ConnectError(message, err.code, err.metadata, err.details as ConstructorParameters<typeof ConnectError>[3], err.cause);
 }

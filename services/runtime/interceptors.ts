@@ -2,7 +2,7 @@
 // tracing) plug in beside them without touching the services.
 import { Code, ConnectError, type Interceptor, type StreamResponse } from "@connectrpc/connect";
 import { performance } from "node:perf_hooks";
-import { DomainError, toConnectError } from "./errors.js";
+import { clipped, DomainError, toConnectError } from "./errors.js";
 import type { Logger } from "./logger.js";
 import { codeName } from "./metrics.js";
 
@@ -17,7 +17,7 @@ import { codeName } from "./metrics.js";
 export function errorMapping(logger: Logger): Interceptor {
   const map = (err: unknown, procedure: string, signal: AbortSignal): ConnectError => {
     if (err instanceof DomainError) return toConnectError(err);
-    if (err instanceof ConnectError) return err;
+    if (err instanceof ConnectError) return clipped(err);
     if (clientGone(signal)) {
       logger.debug({ err, procedure }, "the client went away");
       return new ConnectError("the client went away", Code.Canceled, undefined, undefined, err);

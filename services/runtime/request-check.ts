@@ -1,15 +1,17 @@
 // Checks an RPC's request body before connect reads it, so malformed input is INVALID_ARGUMENT
 // in every protocol. connect reports an undecodable protobuf message, a message flagged
 // compressed without a compression named, or a body that does not decompress as INTERNAL
-// (HTTP 500), and protobuf JSON takes int64 strings such as "0x10", " 5" or "+5" (BigInt's
-// syntax) and JSON numbers past 2^53 (already rounded by JSON.parse): on a money field that is
-// a wrong amount. Here the body is decoded as connect will decode it; connect then answers a
-// failed check in the caller's own protocol (the check's error comes out of the body it reads).
-import { fromBinary, ScalarType, type DescField, type DescMessage, type DescMethod, type MessageShape } from "@bufbuild/protobuf";
+// (HTTP 500); protobuf JSON takes integer strings such as "0x10", " 5" or "+5" (BigInt's and
+// Number's syntax) and JSON numbers past 2^53 (already rounded by JSON.parse): on a money
+// field that is a wrong amount; and its error messages quote the request whole, lone
+// surrogates included, which no grpc-message header can carry. Here the body is decoded as
+// connect will decode it; connect then answers a failed check in the caller's own protocol
+// (the check's error comes out of the body it reads).
+import { fromBinary, fromJson, ScalarType, type DescField, type DescMessage, type DescMethod, type JsonValue, type MessageShape } from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { readAllBytes, type Compression } from "@connectrpc/connect/protocol";
 import { compressionBrotli, compressionGzip } from "@connectrpc/connect-node";
-import { invalidArgument, toConnectError } from "./errors.js";
+import { clipMessage, invalidArgument, toConnectError } from "./errors.js";
 
 /** The compressions every service accepts. */
 export const ACCEPTED_COMPRESSION: Compression[] = [compressionGzip, compressionBrotli];
@@ -109,23 +111,33 @@ function checkMessage(bytes: Uint8Array, format: Format, desc: DescMessage): voi
     parseBinaryRequest(desc, bytes);
     return;
   }
-  let json: unknown;
+  let json: JsonValue;
   try {
-    json = JSON.parse(new TextDecoder("utf-8", { fatal: true }).decode(bytes));
-  } catch {
-    // connect says what is wrong with the JSON (INVALID_ARGUMENT).
-    return;
+    json = JSON.parse(new TextDecoder("utf-8", { fatal: true }).decode(bytes)) as JsonValue;
+  } catch (err) {
+    throw invalid(clipMessage(`the request is not valid JSON: ${err instanceof Error ? err.message : String(err)}`));
   }
   const bad = badInteger(desc, json, "");
   if (bad) throw invalid(bad.message, bad.field, "INVALID_INTEGER");
+  // Read as connect will read it (unknown fields refused, as every service configures it),
+  // so its refusal comes from here with a message fit to send: protobuf's own quote the
+  // request, at any length and with any lone surrogate it holds.
+  try {
+    fromJson(desc, json);
+  } catch (err) {
+    throw invalid(clipMessage(err instanceof Error ? err.message : String(err)));
+  }
 }
 
-const INT64 = new Set([ScalarType.INT64, ScalarType.UINT64, ScalarType.SINT64, ScalarType.FIXED64, ScalarType.SFIXED64]);
+const INTEGER = new Set([
+  ...[ScalarType.INT64, ScalarType.UINT64, ScalarType.SINT64, ScalarType.FIXED64, ScalarType.SFIXED64],
+  ...[ScalarType.INT32, ScalarType.UINT32, ScalarType.SINT32, ScalarType.FIXED32, ScalarType.SFIXED32],
+]);
 const CANONICAL_INTEGER = /^-?(0|[1-9][0-9]*)$/;
 
 /**
- * The first 64-bit integer field of a JSON message that is not a canonical decimal integer
- * (a string of digits, or a JSON number that is exact).
+ * The first integer field of a JSON message that is not a canonical decimal integer (a
+ * string of digits, or a JSON number that is exact).
  */
 type Bad = { field: string; message: string } | undefined;
 
@@ -145,20 +157,20 @@ function badInteger(desc: DescMessage, json: unknown, prefix: string): Bad {
 function badValue(field: DescField, value: unknown, name: string): Bad {
   switch (field.fieldKind) {
     case "scalar":
-      return INT64.has(field.scalar) ? badInt64(value, name) : undefined;
+      return INTEGER.has(field.scalar) ? badIntegerValue(value, name) : undefined;
     case "message":
       return badInteger(field.message, value, `${name}.`);
     case "list":
       if (!Array.isArray(value)) return undefined;
       for (const [i, item] of value.entries()) {
-        const bad = field.listKind === "message" ? badInteger(field.message, item, `${name}[${i}].`) : field.listKind === "scalar" && INT64.has(field.scalar) ? badInt64(item, `${name}[${i}]`) : undefined;
+        const bad = field.listKind === "message" ? badInteger(field.message, item, `${name}[${i}].`) : field.listKind === "scalar" && INTEGER.has(field.scalar) ? badIntegerValue(item, `${name}[${i}]`) : undefined;
         if (bad) return bad;
       }
       return undefined;
     case "map":
       if (typeof value !== "object" || value === null || Array.isArray(value)) return undefined;
       for (const [key, item] of Object.entries(value)) {
-        const bad = field.mapKind === "message" ? badInteger(field.message, item, `${name}[${key}].`) : field.mapKind === "scalar" && INT64.has(field.scalar) ? badInt64(item, `${name}[${key}]`) : undefined;
+        const bad = field.mapKind === "message" ? badInteger(field.message, item, `${name}[${key}].`) : field.mapKind === "scalar" && INTEGER.has(field.scalar) ? badIntegerValue(item, `${name}[${key}]`) : undefined;
         if (bad) return bad;
       }
       return undefined;
@@ -167,7 +179,7 @@ function badValue(field: DescField, value: unknown, name: string): Bad {
   }
 }
 
-function badInt64(value: unknown, field: string): Bad {
+function badIntegerValue(value: unknown, field: string): Bad {
   if (typeof value === "string" && !CANONICAL_INTEGER.test(value)) {
     return { field, message: `${field}: ${JSON.stringify(value.slice(0, 40))} is not a decimal integer (digits only, an optional leading "-")` };
   }

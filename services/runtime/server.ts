@@ -13,6 +13,7 @@ import http from "node:http";
 import http2 from "node:http2";
 import net from "node:net";
 import type { AddressInfo } from "node:net";
+import type { Duplex } from "node:stream";
 import { Code, ConnectError, type ConnectRouter, type Interceptor } from "@connectrpc/connect";
 import type { DescService } from "@bufbuild/protobuf";
 import { HealthStatus, registerHealth } from "./health.js";
@@ -162,7 +163,7 @@ export async function startServer(spec: ServiceSpec, opts: ServerOptions): Promi
     });
   };
 
-  const h1 = http.createServer(tracked);
+  const h1 = http.createServer(tracked).on("connect", refuseTunnel);
   const h2 = http2.createServer({}, tracked as unknown as (req: http2.Http2ServerRequest, res: http2.Http2ServerResponse) => void);
   const sessions = new Set<http2.ServerHttp2Session>();
   h2.on("session", (s) => {
@@ -193,7 +194,7 @@ export async function startServer(spec: ServiceSpec, opts: ServerOptions): Promi
   for (const s of spec.services) health.set(s.typeName, ServingStatus.SERVING);
   health.set("", ServingStatus.SERVING);
 
-  const admin = opts.adminPort === undefined ? undefined : http.createServer(adminRoutes);
+  const admin = opts.adminPort === undefined ? undefined : http.createServer(adminRoutes).on("connect", refuseTunnel);
   if (admin) await listen(admin, opts.adminPort!, opts.host);
 
   const url = `http://${hostForUrl(tcp)}`;
@@ -272,6 +273,11 @@ function guarded(res: http.ServerResponse, logger: Logger, handle: () => void): 
     if (res.headersSent) res.destroy();
     else plainError(res, 500, "internal error");
   }
+}
+
+/** A CONNECT request (a tunnel) is answered 405; unanswered, Node would drop the connection without a word. */
+function refuseTunnel(_req: http.IncomingMessage, socket: Duplex): void {
+  socket.end("HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
 }
 
 const notFound: http.RequestListener = (_req, res) => plainError(res, 404, "not found");

@@ -195,6 +195,24 @@ describe("malformed requests", () => {
     expect(JSON.stringify(grpc)).not.toMatch(/no_such_table|SELECT|\bat /);
   });
 
+  it("an error message quoting the request is fit to send: a lone surrogate or 30,000 characters do not break gRPC's grpc-message", async () => {
+    const surrogateKey = await overHttp2({ "content-type": "application/grpc+json", te: "trailers" }, envelope(0, Buffer.from('{"\\ud800":1}')));
+    expect(grpcStatus(surrogateKey)).toBe("3");
+    const long = await overHttp2({ "content-type": "application/grpc+json", te: "trailers" }, envelope(0, Buffer.from(JSON.stringify({ ["x".repeat(30_000)]: 1 }))));
+    expect(grpcStatus(long)).toBe("3");
+    expect(decodeURIComponent(String(long.trailers["grpc-message"] ?? long.headers["grpc-message"])).length).toBeLessThanOrEqual(500);
+    const int32 = await overHttp2({ "content-type": "application/json" }, JSON.stringify({ account_id: "a", page_size: "0x10" }), "/paygate.wallet.v1.WalletService/ListEntries");
+    expect(int32.status).toBe(400);
+    expect(JSON.parse(int32.body).message).toMatch(/^page_size: /);
+  });
+
+  it("a CONNECT (tunnel) request is answered 405, on the RPC and the admin port", async () => {
+    for (const p of [port, Number(new URL(server.adminUrl).port)]) {
+      const { received } = await rawExchange(p, "CONNECT 127.0.0.1:1 HTTP/1.1\r\nHost: 127.0.0.1:1\r\n\r\n", { until: (r) => r.includes("\r\n\r\n") });
+      expect(received).toMatch(/^HTTP\/1\.1 405 /);
+    }
+  });
+
   it("a deadline longer than a timer can wait is held to the longest one, not expired at once", async () => {
     const path = "/paygate.wallet.v1.WalletService/Release";
     const grpc = await overHttp2({ "content-type": "application/grpc", te: "trailers", "grpc-timeout": "99999999H" }, envelope(0, new Uint8Array()), path);
