@@ -15,7 +15,7 @@
 //     grafana/ (`npm run chart:sync` refreshes them);
 //   - the helm test hook and NOTES.txt.
 import { execFile } from "node:child_process";
-import { existsSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { promisify } from "node:util";
@@ -603,9 +603,13 @@ describe("ServiceMonitors, PrometheusRule and dashboards", () => {
     const { objects } = get("monitoring");
     const dir = mkdtempSync(path.join(os.tmpdir(), "paygate-rules-"));
     const file = path.join(dir, "rendered.rules.yml");
-    writeFileSync(file, stringify({ groups: ofKind(objects, "PrometheusRule")[0]!.spec.groups }));
-    const { stdout } = await run("promtool", ["check", "rules", file]);
-    expect(stdout).toMatch(/SUCCESS: \d+ rules found/);
+    try {
+      writeFileSync(file, stringify({ groups: ofKind(objects, "PrometheusRule")[0]!.spec.groups }));
+      const { stdout } = await run("promtool", ["check", "rules", file]);
+      expect(stdout).toMatch(/SUCCESS: \d+ rules found/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it("the dashboards are ConfigMaps for Grafana's sidecar holding the repository's JSON", () => {

