@@ -17,7 +17,7 @@ import { upstreamClient, upstreamReady, upstreamTransport } from "../runtime/ups
 import { EventFeed } from "./events.js";
 import { IdempotencyKeys } from "./idempotency.js";
 import { AccountDirectory } from "./accounts.js";
-import { resumable } from "./payment.js";
+import { startRecovery } from "./recovery.js";
 import { Saga } from "./saga.js";
 import { paymentsService } from "./service.js";
 import { PaymentStore } from "./store.js";
@@ -33,6 +33,8 @@ export const paymentsEnv = {
   PAYMENTS_LEASE_MS: z.coerce.number().int().min(100).max(600_000).default(30_000),
   /** How often stalled payments (a crash, an upstream down) are looked for and resumed. */
   PAYMENTS_RECOVERY_INTERVAL_MS: z.coerce.number().int().min(50).max(600_000).default(2_000),
+  /** How many stalled payments a sweep resumes at once. */
+  PAYMENTS_RECOVERY_CONCURRENCY: z.coerce.number().int().min(1).max(1_000).default(32),
   /** How long idempotency keys are kept (at least 24 h). */
   PAYMENTS_IDEMPOTENCY_RETENTION_HOURS: z.coerce.number().int().min(24).max(24 * 90).default(24),
   /** How often event streams look for events written by other replicas. */
@@ -60,31 +62,19 @@ export async function startPayments(env: NodeJS.ProcessEnv = process.env) {
   const saga = new Saga(store, upstreams, accounts, logger);
   const keys = new IdempotencyKeys(db, { retentionMs: config.PAYMENTS_IDEMPOTENCY_RETENTION_HOURS * 3_600_000, lockMs: config.PAYMENTS_LEASE_MS, now });
 
-  // Resumes payments whose saga stopped half-way, here or in a replica that died.
-  let sweeping = false;
-  const recovery = setInterval(() => {
-    if (sweeping) return;
-    sweeping = true;
-    void (async () => {
-      try {
-        for (const p of await store.claimStalled(instanceId, config.PAYMENTS_LEASE_MS, 20)) {
-          // One payment that cannot go on now must not hold up the rest of the batch.
-          try {
-            const done = await saga.run(p, { timeoutMs: config.UPSTREAM_TIMEOUT_MS });
-            if (resumable(done)) await store.releaseLease(p.id, instanceId);
-            logger.info({ paymentId: p.id, status: done.status }, "payment resumed");
-          } catch (err) {
-            logger.error({ err, paymentId: p.id }, "payment could not be resumed");
-          }
-        }
-        await keys.purgeExpired();
-      } catch (err) {
-        logger.error({ err }, "recovery sweep failed");
-      } finally {
-        sweeping = false;
-      }
-    })();
-  }, config.PAYMENTS_RECOVERY_INTERVAL_MS);
+  const recovery = startRecovery({
+    store,
+    saga,
+    keys,
+    instanceId,
+    leaseMs: config.PAYMENTS_LEASE_MS,
+    intervalMs: config.PAYMENTS_RECOVERY_INTERVAL_MS,
+    concurrency: config.PAYMENTS_RECOVERY_CONCURRENCY,
+    // A few rounds of resumes per claim: few claim statements, each payment started early in its lease.
+    batchSize: config.PAYMENTS_RECOVERY_CONCURRENCY * 8,
+    timeoutMs: config.UPSTREAM_TIMEOUT_MS,
+    logger,
+  });
 
   return startServer(
     {
@@ -102,7 +92,7 @@ export async function startPayments(env: NodeJS.ProcessEnv = process.env) {
         upstreamReady("fx", transports.fx),
       ],
       close: async () => {
-        clearInterval(recovery);
+        await recovery.stop();
         await db.close();
       },
     },

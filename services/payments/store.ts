@@ -281,20 +281,25 @@ export class PaymentStore {
 
   /**
    * Takes over payments whose saga stopped half-way (their lease ran out: the process
-   * driving them died or gave up), leasing them to `owner`. SKIP LOCKED lets several
-   * replicas sweep at once without ever taking the same payment.
+   * driving them died or gave up), leasing them to `owner`; oldest first, and with `after`
+   * only those that come after that payment in this order, so a sweep taking batch after
+   * batch meets each payment once. SKIP LOCKED lets several replicas sweep at once without
+   * ever taking the same payment.
    */
-  async claimStalled(owner: string, leaseMs: number, limit: number): Promise<PaymentRecord[]> {
+  async claimStalled(owner: string, leaseMs: number, limit: number, after?: Pick<PaymentRecord, "createdAt" | "id">): Promise<PaymentRecord[]> {
     const now = this.now();
     const { rows } = await this.db.query<PaymentRow>(
-      `UPDATE payments SET lease_owner = $1, lease_until = $2
-       WHERE id IN (
-         SELECT id FROM payments
-         WHERE (status = 'PENDING' OR (status = 'AUTHORIZED' AND capture_method = 'AUTOMATIC'))
-           AND (lease_until IS NULL OR lease_until < $3)
-         ORDER BY created_at LIMIT $4 FOR UPDATE SKIP LOCKED)
-       RETURNING *`,
-      [owner, new Date(now.getTime() + leaseMs), now, limit],
+      `WITH claimed AS (
+         UPDATE payments SET lease_owner = $1, lease_until = $2
+         WHERE id IN (
+           SELECT id FROM payments
+           WHERE (status = 'PENDING' OR (status = 'AUTHORIZED' AND capture_method = 'AUTOMATIC'))
+             AND (lease_until IS NULL OR lease_until < $3)
+             AND ($5::timestamptz IS NULL OR (created_at, id) > ($5, $6::text))
+           ORDER BY created_at, id LIMIT $4 FOR UPDATE SKIP LOCKED)
+         RETURNING *)
+       SELECT * FROM claimed ORDER BY created_at, id`,
+      [owner, new Date(now.getTime() + leaseMs), now, limit, after?.createdAt ?? null, after?.id ?? ""],
     );
     return rows.map(fromRow);
   }
