@@ -1,30 +1,83 @@
-// One HTTP/2 session to an upstream, opened on first use and opened again after it closes or
-// the upstream sends GOAWAY (calls running on the old one finish there). Used by the unary
-// transport (upstream.ts) and the gateway's relay, which also write the deadline headers of
-// their calls with the encoders below.
+// HTTP/2 sessions to an upstream, shared by the unary transport (upstream.ts) and the gateway's
+// relay (which also write the deadline headers of their calls with the encoders below).
+//
+// An upstream named by a host name gets one session per address the name resolves to, and
+// calls take them in turn: behind a headless Kubernetes Service the name resolves to every
+// ready replica, so each takes a share of the calls (one session to a Service's virtual IP
+// would give all of them to the one replica that connection landed on). The name is resolved
+// again every few seconds: a new replica gets calls within that time, a removed one is left
+// (its session closed after its calls finish). A session is opened on first use and opened
+// again after it closes or its server sends GOAWAY (calls running on the old one finish
+// there). An upstream named by an IP address gets one session.
+import { promises as dns } from "node:dns";
 import http2 from "node:http2";
+import net from "node:net";
+
+/** How often a host name is resolved again. */
+const RESOLVE_EVERY_MS = 5_000;
+
+export type Resolver = (host: string) => Promise<string[]>;
+
+/** Every address of `host`, IPv4 ones only when it has any (a server may listen on one family). */
+const resolveAll: Resolver = async (host) => {
+  const found = (await dns.lookup(host, { all: true })).map((a) => a.address);
+  const v4 = found.filter((a) => net.isIPv4(a));
+  return v4.length > 0 ? v4 : found;
+};
 
 export class Http2Upstream {
-  private current: http2.ClientHttp2Session | undefined;
+  private readonly origin: string;
+  private readonly port: number;
+  /** Sessions by address ("" for the one opened by name, before the name resolves). */
+  private readonly sessions = new Map<string, http2.ClientHttp2Session>();
+  private addresses: string[] = [];
+  private turn = 0;
+  private readonly timer: NodeJS.Timeout | undefined;
 
-  constructor(private readonly url: string) {}
+  constructor(url: string, opts: { resolve?: Resolver; resolveEveryMs?: number } = {}) {
+    const target = new URL(url);
+    this.origin = target.origin;
+    this.port = Number(target.port || 80);
+    const host = target.hostname.replace(/^\[|\]$/g, "");
+    if (net.isIP(host) !== 0) return;
+    const resolve = opts.resolve ?? resolveAll;
+    const refresh = () => void resolve(host).then((found) => this.use(found), () => {}); // unresolvable: calls keep going by name
+    refresh();
+    this.timer = setInterval(refresh, opts.resolveEveryMs ?? RESOLVE_EVERY_MS).unref();
+  }
 
+  /** The session for the next call. */
   session(): http2.ClientHttp2Session {
-    if (this.current && !this.current.closed && !this.current.destroyed) return this.current;
-    const s = http2.connect(this.url);
+    const address = this.addresses.length > 0 ? this.addresses[this.turn++ % this.addresses.length]! : "";
+    const open = this.sessions.get(address);
+    if (open && !open.closed && !open.destroyed) return open;
+    const s = address === "" ? http2.connect(this.origin) : http2.connect(this.origin, { createConnection: () => net.connect({ host: address, port: this.port }) });
     s.on("error", () => {}); // every stream on it fails with the error too, and is answered there
     const forget = () => {
-      if (this.current === s) this.current = undefined;
+      if (this.sessions.get(address) === s) this.sessions.delete(address);
     };
     s.once("close", forget);
     s.once("goaway", forget);
-    this.current = s;
+    this.sessions.set(address, s);
     return s;
   }
 
+  /** Takes the addresses a resolution found; sessions to the others end once their calls have. */
+  private use(found: string[]): void {
+    if (found.length === 0) return;
+    this.addresses = [...new Set(found)].sort();
+    for (const [address, s] of this.sessions) {
+      if (!this.addresses.includes(address)) {
+        this.sessions.delete(address);
+        s.close();
+      }
+    }
+  }
+
   close(): void {
-    this.current?.close();
-    this.current = undefined;
+    clearInterval(this.timer);
+    for (const s of this.sessions.values()) s.close();
+    this.sessions.clear();
   }
 }
 

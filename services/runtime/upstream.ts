@@ -36,10 +36,10 @@ import { rpcClientMetrics } from "./metrics.js";
 import { rpcClientTracing } from "./tracing.js";
 import type { ReadinessCheck } from "./server.js";
 
-export function upstreamTransport(baseUrl: string): Transport {
+export function upstreamTransport(baseUrl: string, sessions: ConstructorParameters<typeof Http2Upstream>[1] = {}): Transport {
   const interceptors: Interceptor[] = [rpcClientTracing(baseUrl), rpcClientMetrics()];
   const streams = createConnectTransport({ baseUrl, httpVersion: "2", useBinaryFormat: true, interceptors });
-  const upstream = new Http2Upstream(baseUrl);
+  const upstream = new Http2Upstream(baseUrl, sessions);
   return {
     unary(method, signal, timeoutMs, header, message, contextValues) {
       return runUnaryCall({

@@ -172,8 +172,9 @@ describe.skipIf(!CHART_CHECKS)("helm lint and helm template", () => {
       console.info(`${set.name}: ${objects.length} objects in ${ms.toFixed(0)} ms ${JSON.stringify(counts)}`);
       expect(ms).toBeLessThan(10_000);
       expect(ofKind(objects, "Deployment").map(componentOf).sort()).toEqual(COMPONENTS);
+      // Each component: its Service and the headless one of its replicas.
       expect(ofKind(objects, "Service").map(componentOf).sort()).toEqual(
-        [...COMPONENTS, ...(named(objects, "StatefulSet", `${RELEASE}-postgresql`) ? ["postgresql"] : [])].sort(),
+        [...COMPONENTS, ...COMPONENTS, ...(named(objects, "StatefulSet", `${RELEASE}-postgresql`) ? ["postgresql"] : [])].sort(),
       );
       // Namespaced explicitly: `helm template | kubectl apply` (Tilt) lands where `helm install` would.
       expect(objects.filter((o) => o.metadata.namespace !== NAMESPACE).map((o) => `${o.kind}/${o.metadata.name}`)).toEqual([]);
@@ -262,15 +263,15 @@ describe.skipIf(!CHART_CHECKS).each(SETS.map((s) => [s.name, s] as const))("serv
     }
     expect(existsSync(path.join(repoRoot, "services", component, "main.ts"))).toBe(true);
     expect(container.command).toEqual(set.devMode ? ["node_modules/.bin/tsx", "watch", "--clear-screen=false", `services/${component}/main.ts`] : ["node", `dist/services/${component}/main.js`]);
-    // The Service selects exactly this component's pods, on ports the container has.
+    // The Services select exactly this component's pods, on ports the container has.
     const podLabels = deployment.spec.template.metadata.labels;
     expect(matches(deployment.spec.selector.matchLabels, podLabels)).toBe(true);
     const services = ofKind(objects(), "Service").filter((s) => matches(s.spec.selector, podLabels));
-    expect(services.map((s) => s.metadata.name)).toEqual([`${RELEASE}-${component}`]);
-    for (const p of services[0]!.spec.ports) expect(portNumber(container, p.targetPort), `Service port ${p.name}`).toBeDefined();
+    expect(services.map((s) => s.metadata.name).sort()).toEqual([`${RELEASE}-${component}`, `${RELEASE}-${component}-replicas`]);
+    for (const service of services) for (const p of service.spec.ports) expect(portNumber(container, p.targetPort), `Service port ${p.name}`).toBeDefined();
   });
 
-  it.each(COMPONENTS)("%s: every upstream URL the service reads names that upstream's Service and port", (component) => {
+  it.each(COMPONENTS)("%s: every upstream URL the service reads names that upstream's headless Service (every replica takes calls) and port", (component) => {
     const container = podSpecOf(deploymentOf(objects(), component)).containers[0] as Container;
     const env = environment(container, objects());
     for (const upstream of CALLS[component]!) {
@@ -279,6 +280,7 @@ describe.skipIf(!CHART_CHECKS).each(SETS.map((s) => [s.name, s] as const))("serv
       const url = new URL(env[variable]!);
       const service = named(objects(), "Service", url.hostname);
       expect(service, `${variable}: no Service ${url.hostname}`).toBeDefined();
+      expect(service!.spec.clusterIP, `${variable}: Service ${url.hostname} is not headless`).toBe("None");
       const servicePort = service!.spec.ports.find((p: Json) => p.port === Number(url.port));
       expect(servicePort, `${variable}: Service ${url.hostname} has no port ${url.port}`).toBeDefined();
       const target = podSpecOf(deploymentOf(objects(), upstream)).containers[0] as Container;

@@ -106,3 +106,49 @@ describe("upstreamTransport: unary calls", () => {
     expect(ConnectError.from(await fx.getRate({ baseCurrency: "USD" }).catch((e: unknown) => e)).code).toBe(Code.Unavailable);
   });
 });
+
+describe("upstreamTransport: an upstream name with several addresses (a headless Service's replicas)", () => {
+  const replicas = ["127.0.0.1", "127.0.0.2", "127.0.0.3"];
+  let servers: RunningServer[] = [];
+  let resolved = replicas;
+
+  beforeAll(async () => {
+    const port = await freePort();
+    // Three replicas on one port, each answering with its own address as the rate.
+    servers = await Promise.all(
+      replicas.map((host) =>
+        startServer(
+          { name: `replica-${host}`, services: [FxService], routes: (router) => router.service(FxService, { getRate: async () => ({ rate: { midRate: host } }) }) },
+          { ...options(port), host },
+        ),
+      ),
+    );
+  });
+  afterAll(async () => {
+    await Promise.all(servers.map((s) => s.shutdown()));
+  });
+
+  it("every address takes a share of the calls; one that leaves the name gets none, one that joins gets its share", async () => {
+    const port = new URL(servers[0]!.url).port;
+    const transport = upstreamTransport(`http://replicas.paygate.test:${port}`, { resolve: async () => resolved, resolveEveryMs: 50 });
+    const fx = upstreamClient(FxService, transport);
+    const spread = async (calls: number) => {
+      const counts = new Map<string, number>();
+      for (let i = 0; i < calls; i++) {
+        const { rate } = await fx.getRate({ baseCurrency: "USD", quoteCurrency: "EUR" });
+        counts.set(rate!.midRate, (counts.get(rate!.midRate) ?? 0) + 1);
+      }
+      return Object.fromEntries([...counts].sort());
+    };
+    await waitFor(async () => Object.keys(await spread(6)).length === 3, "the name resolved to all three");
+    expect(await spread(30)).toEqual({ "127.0.0.1": 10, "127.0.0.2": 10, "127.0.0.3": 10 });
+
+    resolved = ["127.0.0.1", "127.0.0.3"];
+    await waitFor(async () => !("127.0.0.2" in (await spread(4))), "127.0.0.2 left out");
+    expect(await spread(20)).toEqual({ "127.0.0.1": 10, "127.0.0.3": 10 });
+
+    resolved = replicas;
+    await waitFor(async () => "127.0.0.2" in (await spread(6)), "127.0.0.2 back");
+    expect(await spread(30)).toEqual({ "127.0.0.1": 10, "127.0.0.2": 10, "127.0.0.3": 10 });
+  });
+});
