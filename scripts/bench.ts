@@ -31,8 +31,8 @@ import { GetRateRequestSchema, GetRateResponseSchema } from "../services/gen/pay
 import { CreatePaymentRequestSchema, CreatePaymentResponseSchema, PaymentStatus } from "../services/gen/paygate/payments/v1/payments_pb.js";
 import { WalletService } from "../services/gen/paygate/wallet/v1/wallet_pb.js";
 import { DEMO_MERCHANTS } from "../services/gateway/demo.js";
-import { openDatabase } from "../services/runtime/db.js";
-import { currencyInfo, formatMinor, money } from "../services/runtime/money.js";
+import { openDatabase } from "../services/runtime/db/database.js";
+import { currencyInfo, formatMinor, money } from "../services/runtime/money/money.js";
 import { Ledger } from "../services/wallet/ledger.js";
 
 const ROOT = fileURLToPath(new URL("..", import.meta.url));

@@ -11,7 +11,7 @@ import { fileURLToPath } from "node:url";
 import { z } from "zod";
 import { DEMO_MERCHANTS } from "../services/gateway/demo.js";
 import { ConfigError, loadConfig, portVar, runtimeEnv } from "../services/runtime/config.js";
-import { IN_MEMORY } from "../services/runtime/db.js";
+import { IN_MEMORY } from "../services/runtime/db/database.js";
 
 const SECONDS_EXPECTED = "expected a whole number of seconds from 1 to 86400";
 

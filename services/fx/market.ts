@@ -5,8 +5,8 @@
 // units of the currency per one unit of the snapshot's base currency.
 import { randomInt } from "node:crypto";
 import { readFileSync } from "node:fs";
-import { compare, divRoundSignificant, mul, ONE, parseDecimal, type Decimal } from "../runtime/decimal.js";
-import { currencyInfo } from "../runtime/money.js";
+import { compare, divRoundSignificant, mul, ONE, parseDecimal, type Decimal } from "../runtime/money/decimal.js";
+import { currencyInfo } from "../runtime/money/money.js";
 
 export interface ReferenceSnapshot {
   base: string;

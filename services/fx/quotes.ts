@@ -1,5 +1,5 @@
 // Quotes, persisted: created open, then used once (before expiry) or left to expire.
-import type { Database } from "../runtime/db.js";
+import type { Database } from "../runtime/db/database.js";
 import { DomainError, failedPrecondition, notFound } from "../runtime/errors.js";
 
 export interface QuoteRecord {

@@ -13,13 +13,13 @@ import {
   type Quote,
   type Rate,
 } from "../gen/paygate/fx/v1/fx_pb.js";
-import { formatDecimal, parseDecimal, type Decimal, type RoundingMode } from "../runtime/decimal.js";
+import { formatDecimal, parseDecimal, type Decimal, type RoundingMode } from "../runtime/money/decimal.js";
 import { DomainError, invalidArgument } from "../runtime/errors.js";
-import { counter } from "../runtime/metrics.js";
+import { counter } from "../runtime/observability/metrics.js";
 import { newId } from "../runtime/ids.js";
 import { readTtl } from "../runtime/ttl.js";
-import { allCurrencies, currencyInfo, MAX_MINOR, money, parseDecimalAmount, readMoney, requirePositive } from "../runtime/money.js";
-import { applySpread, convertMinor, crossRate } from "./conversion.js";
+import { allCurrencies, currencyInfo, MAX_MINOR, money, parseDecimalAmount, readMoney, requirePositive } from "../runtime/money/money.js";
+import { applySpread, convertMinor, crossRate } from "../runtime/money/conversion.js";
 import type { MarketState, SimulatedMarket } from "./market.js";
 import type { QuoteRecord, QuoteStore } from "./quotes.js";
 

@@ -17,10 +17,10 @@ import pg from "pg";
 import { z } from "zod";
 import { WalletService } from "../gen/paygate/wallet/v1/wallet_pb.js";
 import { ConfigError, loadConfig } from "../runtime/config.js";
-import { openDatabase, type Database } from "../runtime/db.js";
-import { migrate } from "../runtime/migrate.js";
-import { money, parseDecimalAmount } from "../runtime/money.js";
-import { upstreamClient, upstreamTransport } from "../runtime/upstream.js";
+import { openDatabase, type Database } from "../runtime/db/database.js";
+import { migrate } from "../runtime/db/migrate.js";
+import { money, parseDecimalAmount } from "../runtime/money/money.js";
+import { upstreamClient, upstreamTransport } from "../runtime/rpc/upstream.js";
 import { Merchants, newApiKey } from "./merchants.js";
 
 const USAGE = `usage: admin-cli <command> [options]

@@ -2,7 +2,7 @@
 // six currencies holding balances. Every step is idempotent, so restarts change nothing.
 import { Code, ConnectError, type Client } from "@connectrpc/connect";
 import type { WalletService } from "../gen/paygate/wallet/v1/wallet_pb.js";
-import { money, parseDecimalAmount } from "../runtime/money.js";
+import { money, parseDecimalAmount } from "../runtime/money/money.js";
 import type { Merchants } from "./merchants.js";
 
 export const DEMO_MERCHANTS = [

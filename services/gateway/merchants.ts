@@ -2,7 +2,7 @@
 // database does not leak usable keys; lookups are cached briefly to keep auth off the
 // database on the hot path.
 import { createHash, randomBytes } from "node:crypto";
-import type { Database } from "../runtime/db.js";
+import type { Database } from "../runtime/db/database.js";
 import { DomainError } from "../runtime/errors.js";
 
 export interface Merchant {

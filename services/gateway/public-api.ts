@@ -7,8 +7,8 @@ import { FxService } from "../gen/paygate/fx/v1/fx_pb.js";
 import { PaymentsService } from "../gen/paygate/payments/v1/payments_pb.js";
 import { WalletService } from "../gen/paygate/wallet/v1/wallet_pb.js";
 import { DomainError, notFound } from "../runtime/errors.js";
-import { downstream } from "../runtime/upstream.js";
-import { IDEMPOTENCY_HEADER, MERCHANT_HEADER, REPLAYED_HEADER } from "../runtime/headers.js";
+import { downstream } from "../runtime/rpc/upstream.js";
+import { IDEMPOTENCY_HEADER, MERCHANT_HEADER, REPLAYED_HEADER } from "../runtime/rpc/headers.js";
 import { apiKeyFrom, type Merchant, type Merchants } from "./merchants.js";
 
 export const merchantKey = createContextKey<Merchant | undefined>(undefined);

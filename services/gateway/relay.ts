@@ -19,12 +19,12 @@ import { codeFromString, codeToHttpStatus, errorToJsonBytes, parseContentType as
 import { parseContentType as parseGrpcContentType, parseTimeout as parseGrpcTimeout } from "@connectrpc/connect/protocol-grpc";
 import { context } from "@opentelemetry/api";
 import { PaymentsService } from "../gen/paygate/payments/v1/payments_pb.js";
-import { MERCHANT_HEADER } from "../runtime/headers.js";
-import { connectTimeout, grpcTimeout, Http2Upstream, MAX_TIMEOUT_MS } from "../runtime/http2-upstream.js";
-import type { Logger } from "../runtime/logger.js";
-import { clientRpcMeasurement, codeName, serverRpcMeasurement } from "../runtime/metrics.js";
-import type { RequestRelay } from "../runtime/server.js";
-import { relaySpans } from "../runtime/tracing.js";
+import { MERCHANT_HEADER } from "../runtime/rpc/headers.js";
+import { connectTimeout, grpcTimeout, Http2Upstream, MAX_TIMEOUT_MS } from "../runtime/rpc/http2-upstream.js";
+import type { Logger } from "../runtime/observability/logger.js";
+import { clientRpcMeasurement, codeName, serverRpcMeasurement } from "../runtime/observability/metrics.js";
+import type { RequestRelay } from "../runtime/rpc/server.js";
+import { relaySpans } from "../runtime/observability/tracing.js";
 import { apiKeyFrom, type Merchant, type Merchants } from "./merchants.js";
 
 const { NGHTTP2_CANCEL } = http2.constants;

@@ -28,11 +28,11 @@ import { Outcome, type RiskService } from "../gen/paygate/risk/v1/risk_pb.js";
 import { GetAccountRequestSchema, GetBalanceRequestSchema, GetBalanceResponseSchema, WalletService } from "../gen/paygate/wallet/v1/wallet_pb.js";
 import { DomainError, invalidArgument, toConnectError, type ErrorKind } from "../runtime/errors.js";
 import { newId } from "../runtime/ids.js";
-import { requireText } from "../runtime/text.js";
-import type { Logger } from "../runtime/logger.js";
-import { formatMinor, money, parseJsonAmount } from "../runtime/money.js";
-import { downstream } from "../runtime/upstream.js";
-import { IDEMPOTENCY_HEADER, REPLAYED_HEADER } from "../runtime/headers.js";
+import { requireText } from "../runtime/rpc/text.js";
+import type { Logger } from "../runtime/observability/logger.js";
+import { formatMinor, money, parseJsonAmount } from "../runtime/money/money.js";
+import { downstream } from "../runtime/rpc/upstream.js";
+import { IDEMPOTENCY_HEADER, REPLAYED_HEADER } from "../runtime/rpc/headers.js";
 import { apiKeyFrom, type Merchants } from "./merchants.js";
 import { merchantKey, type publicApi } from "./public-api.js";
 

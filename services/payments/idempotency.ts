@@ -6,9 +6,9 @@ import { createHash } from "node:crypto";
 import { create, fromBinary, toBinary, type DescMessage, type MessageShape } from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { ErrorDetailSchema } from "../gen/paygate/common/v1/common_pb.js";
-import type { Database } from "../runtime/db.js";
+import type { Database } from "../runtime/db/database.js";
 import { DomainError, invalidArgument, toConnectError } from "../runtime/errors.js";
-import { IDEMPOTENCY_HEADER, REPLAYED_HEADER } from "../runtime/headers.js";
+import { IDEMPOTENCY_HEADER, REPLAYED_HEADER } from "../runtime/rpc/headers.js";
 
 /** Stores a key's response ($3) and unlocks it. */
 const COMPLETE = "UPDATE idempotency_keys SET response = $3, locked_until = NULL WHERE merchant_id = $1 AND key = $2";

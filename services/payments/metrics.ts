@@ -1,6 +1,6 @@
 // Business metrics of payments: outcomes and volumes by currency (amounts in minor units, so
 // sums stay exact integers per currency), and idempotent replays.
-import { counter } from "../runtime/metrics.js";
+import { counter } from "../runtime/observability/metrics.js";
 import type { PaymentRecord } from "./payment.js";
 
 const payments = counter("paygate_payments_total", "Payments reaching each status, by status and currency.", ["status", "currency"]);

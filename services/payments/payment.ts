@@ -3,7 +3,7 @@
 import { create } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { CaptureMethod, PaymentSchema, PaymentStatus, type Payment } from "../gen/paygate/payments/v1/payments_pb.js";
-import { money } from "../runtime/money.js";
+import { money } from "../runtime/money/money.js";
 
 export type Status = "PENDING" | "AUTHORIZED" | "CAPTURED" | "PARTIALLY_REFUNDED" | "REFUNDED" | "CANCELED" | "FAILED";
 

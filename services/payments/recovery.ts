@@ -11,7 +11,7 @@
 // (the first tenth of the lease) may it start, so every resume runs on nearly a whole lease,
 // as a new payment does; the ones left over go back unleased and the sweep claims them again.
 import { setMaxListeners } from "node:events";
-import type { Logger } from "../runtime/logger.js";
+import type { Logger } from "../runtime/observability/logger.js";
 import type { IdempotencyKeys } from "./idempotency.js";
 import { resumable, type PaymentRecord } from "./payment.js";
 import type { Saga } from "./saga.js";

@@ -2,7 +2,7 @@
 // (only from a state that may legally lead to the new one) plus its event, in one transaction.
 import { toBinary } from "@bufbuild/protobuf";
 import { PaymentSchema } from "../gen/paygate/payments/v1/payments_pb.js";
-import type { Database, Queryable } from "../runtime/db.js";
+import type { Database, Queryable } from "../runtime/db/database.js";
 import { DomainError, failedPrecondition, invalidArgument, notFound } from "../runtime/errors.js";
 import { newId } from "../runtime/ids.js";
 import type { ClaimedKey } from "./idempotency.js";

@@ -9,11 +9,11 @@
 import { Code, ConnectError, type Client, type HandlerContext } from "@connectrpc/connect";
 import { ErrorDetailSchema } from "../gen/paygate/common/v1/common_pb.js";
 import type { FxService } from "../gen/paygate/fx/v1/fx_pb.js";
-import { convertMinor } from "../fx/conversion.js";
-import { parseDecimal, type Decimal } from "../runtime/decimal.js";
+import { convertMinor } from "../runtime/money/conversion.js";
+import { parseDecimal, type Decimal } from "../runtime/money/decimal.js";
 import { invalidArgument } from "../runtime/errors.js";
-import { currencyInfo, MAX_MINOR } from "../runtime/money.js";
-import { downstream } from "../runtime/upstream.js";
+import { currencyInfo, MAX_MINOR } from "../runtime/money/money.js";
+import { downstream } from "../runtime/rpc/upstream.js";
 
 export interface BaseRatesDeps {
   fx: Client<typeof FxService>;

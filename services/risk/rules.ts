@@ -5,7 +5,7 @@ import { readFileSync } from "node:fs";
 import { parse as parseYaml } from "yaml";
 import { z } from "zod";
 import { ConfigError } from "../runtime/config.js";
-import { currencyInfo, parseDecimalAmount } from "../runtime/money.js";
+import { currencyInfo, parseDecimalAmount } from "../runtime/money/money.js";
 
 export type Outcome = "APPROVE" | "REVIEW" | "DECLINE";
 

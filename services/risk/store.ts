@@ -5,7 +5,7 @@
 // an account is kept, so its next decision needs no read: recorded only if the account is
 // still at the version kept, it is as exact as one made from a read.
 import { Code, ConnectError } from "@connectrpc/connect";
-import type { Database, Queryable } from "../runtime/db.js";
+import type { Database, Queryable } from "../runtime/db/database.js";
 import type { Outcome, Reason } from "./rules.js";
 
 export interface DecisionRecord {

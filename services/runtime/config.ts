@@ -2,8 +2,8 @@
 // value stops the process with a message naming the variable, what it expected and what
 // it got, before anything listens.
 import { z } from "zod";
-import type { Logger } from "./logger.js";
-import type { ServerOptions } from "./server.js";
+import type { Logger } from "./observability/logger.js";
+import type { ServerOptions } from "./rpc/server.js";
 
 export class ConfigError extends Error {
   override name = "ConfigError";

@@ -1,8 +1,8 @@
 // Process entry for a service: start it, stop it gracefully on SIGTERM/SIGINT, and turn a
 // configuration error into one clear message and exit code 2 instead of a stack trace.
 import { ConfigError } from "./config.js";
-import type { RunningServer } from "./server.js";
-import { shutdownTracing } from "./tracing.js";
+import type { RunningServer } from "./rpc/server.js";
+import { shutdownTracing } from "./observability/tracing.js";
 
 export async function runMain(start: () => Promise<RunningServer>): Promise<void> {
   let server: RunningServer;

@@ -3,12 +3,12 @@
 // accounts, and the reconciliation check. Every write runs in one database transaction and
 // is idempotent by the caller's id.
 import { createHash } from "node:crypto";
-import type { Database, Queryable } from "../runtime/db.js";
+import type { Database, Queryable } from "../runtime/db/database.js";
 import { DomainError, failedPrecondition, invalidArgument, notFound } from "../runtime/errors.js";
 import { newId } from "../runtime/ids.js";
-import { formatDecimal, parseDecimal, type Decimal } from "../runtime/decimal.js";
-import { currencyInfo, formatMinor } from "../runtime/money.js";
-import { convertMinor } from "../fx/conversion.js";
+import { formatDecimal, parseDecimal, type Decimal } from "../runtime/money/decimal.js";
+import { currencyInfo, formatMinor } from "../runtime/money/money.js";
+import { convertMinor } from "../runtime/money/conversion.js";
 
 export type AccountKind = "USER" | "LIQUIDITY" | "EXTERNAL";
 export type HoldStatus = "PENDING" | "CAPTURED" | "RELEASED" | "EXPIRED";

@@ -3,12 +3,12 @@ import { fileURLToPath } from "node:url";
 import { z } from "zod";
 import { WalletService } from "../gen/paygate/wallet/v1/wallet_pb.js";
 import { loadConfig, portVar, runtimeEnv, serverOptions } from "../runtime/config.js";
-import { databaseReady, openDatabase } from "../runtime/db.js";
-import { createLogger } from "../runtime/logger.js";
-import { gauge } from "../runtime/metrics.js";
-import { migrate } from "../runtime/migrate.js";
+import { databaseReady, openDatabase } from "../runtime/db/database.js";
+import { createLogger } from "../runtime/observability/logger.js";
+import { gauge } from "../runtime/observability/metrics.js";
+import { migrate } from "../runtime/db/migrate.js";
 import { runMain } from "../runtime/process.js";
-import { startServer } from "../runtime/server.js";
+import { startServer } from "../runtime/rpc/server.js";
 import { Ledger } from "./ledger.js";
 import { walletService } from "./service.js";
 

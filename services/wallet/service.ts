@@ -15,7 +15,7 @@ import {
   type FxSettlement,
 } from "../gen/paygate/wallet/v1/wallet_pb.js";
 import { invalidArgument } from "../runtime/errors.js";
-import { money, readMoney } from "../runtime/money.js";
+import { money, readMoney } from "../runtime/money/money.js";
 import { readTtl } from "../runtime/ttl.js";
 import type { Account, FxTerms, Hold, Ledger } from "./ledger.js";
 

@@ -6,7 +6,7 @@ import { randomUUID } from "node:crypto";
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from "vitest";
 import { Code } from "@connectrpc/connect";
 import { CaptureMethod, PaymentStatus, type PaymentEvent } from "../../services/gen/paygate/payments/v1/payments_pb.js";
-import { formatMinor } from "../../services/runtime/money.js";
+import { formatMinor } from "../../services/runtime/money/money.js";
 import { storageBackends } from "../support/postgres.js";
 import { rawExchange } from "../support/wire.js";
 import { ACME, balanceOf, expectedConversion, failure, gatewayClients, GLOBEX, minor, startStack, type GatewayClients, type Stack } from "../support/stack.js";

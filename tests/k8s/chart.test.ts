@@ -27,7 +27,7 @@ import { gatewayEnv } from "../../services/gateway/main.js";
 import { paymentsEnv } from "../../services/payments/main.js";
 import { riskEnv } from "../../services/risk/main.js";
 import { loadConfig } from "../../services/runtime/config.js";
-import { exportersFromEnv } from "../../services/runtime/tracing.js";
+import { exportersFromEnv } from "../../services/runtime/observability/tracing.js";
 import { walletEnv } from "../../services/wallet/main.js";
 import { onPath } from "../support/executables.js";
 import { CHART_CHECKS, helm, repoRoot } from "./helm.js";
@@ -49,7 +49,7 @@ const COMPONENTS = Object.keys(SERVICES).sort();
 const URL_VARS: Record<string, string> = { PAYMENTS_URL: "payments", FX_URL: "fx", WALLET_URL: "wallet", RISK_URL: "risk" };
 /** Who calls whom, as the services' configurations say (every *_URL a service reads). */
 const CALLS: Record<string, string[]> = Object.fromEntries(COMPONENTS.map((c) => [c, Object.keys(SERVICES[c]!).filter((k) => k in URL_VARS).map((k) => URL_VARS[k]!).sort()]));
-/** OpenTelemetry variables the services read (the SDK and services/runtime/tracing.ts). */
+/** OpenTelemetry variables the services read (the SDK and services/runtime/observability/tracing.ts). */
 const OTEL_VARS = new Set(["OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_PROTOCOL", "OTEL_TRACES_SAMPLER", "OTEL_TRACES_SAMPLER_ARG", "OTEL_RESOURCE_ATTRIBUTES", "OTEL_SERVICE_NAME"]);
 /** The downward-API variables the chart defines only to build OTEL_RESOURCE_ATTRIBUTES from. */
 const DOWNWARD: Record<string, string> = { "metadata.name": "paygate-payments-7d9f-abcde", "metadata.namespace": NAMESPACE, "spec.nodeName": "node-1" };
@@ -335,7 +335,7 @@ describe.skipIf(!CHART_CHECKS).each(SETS.map((s) => [s.name, s] as const))("serv
       expect(sleep, `${component}: preStop sleeps`).toBeGreaterThan(0);
       if (set.kubeVersion === "1.29.0") expect(preStop.exec, "preStop sleep action needs Kubernetes 1.30: exec sleep before").toBeDefined();
       // After the drain delay and the in-flight bound, shutdown cuts off late calls (1 s), flushes
-      // traces (2 s) and shuts the exporter down (3 s): see services/runtime/server.ts, process.ts.
+      // traces (2 s) and shuts the exporter down (3 s): see services/runtime/rpc/server.ts, process.ts.
       const needed = sleep! + Math.ceil((config.SHUTDOWN_DRAIN_DELAY_MS! + config.SHUTDOWN_TIMEOUT_MS!) / 1000) + 6;
       expect(podSpecOf(deployment).terminationGracePeriodSeconds, component).toBeGreaterThanOrEqual(needed);
     }

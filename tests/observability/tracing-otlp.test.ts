@@ -20,7 +20,7 @@ import { createConnectTransport } from "@connectrpc/connect-node";
 import { FxService } from "../../services/gen/paygate/fx/v1/fx_pb.js";
 import { PaymentsService, PaymentStatus } from "../../services/gen/paygate/payments/v1/payments_pb.js";
 import { ConfigError } from "../../services/runtime/config.js";
-import { exportersFromEnv } from "../../services/runtime/tracing.js";
+import { exportersFromEnv } from "../../services/runtime/observability/tracing.js";
 import { freePort } from "../support/ports.js";
 import { ACME, bearer, repoRoot, sleep, waitFor } from "../support/stack.js";
 

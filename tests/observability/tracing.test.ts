@@ -15,7 +15,7 @@ import { SpanKind } from "@opentelemetry/api";
 import { InMemorySpanExporter, SimpleSpanProcessor, type ReadableSpan } from "@opentelemetry/sdk-trace-base";
 import type { Interceptor } from "@connectrpc/connect";
 import { CaptureMethod, PaymentStatus } from "../../services/gen/paygate/payments/v1/payments_pb.js";
-import { addSpanProcessor, flushTracing, tracingInfo } from "../../services/runtime/tracing.js";
+import { addSpanProcessor, flushTracing, tracingInfo } from "../../services/runtime/observability/tracing.js";
 import { storageBackends } from "../support/postgres.js";
 import { ACME, GLOBEX, gatewayClients, minor, startStack, waitFor, type Stack } from "../support/stack.js";
 
@@ -23,8 +23,8 @@ vi.setConfig({ testTimeout: 60_000, hookTimeout: 180_000 });
 
 // Every service's log lines, as written (the services create their loggers themselves).
 const logs = vi.hoisted(() => ({ lines: [] as string[] }));
-vi.mock("../../services/runtime/logger.js", async (importOriginal) => {
-  const real = await importOriginal<typeof import("../../services/runtime/logger.js")>();
+vi.mock("../../services/runtime/observability/logger.js", async (importOriginal) => {
+  const real = await importOriginal<typeof import("../../services/runtime/observability/logger.js")>();
   const sink = { write: (line: string) => void logs.lines.push(line) };
   return { ...real, createLogger: (service: string, level: string) => real.createLogger(service, level, sink) };
 });

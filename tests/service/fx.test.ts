@@ -25,11 +25,11 @@ import {
 import { fxService } from "../../services/fx/service.js";
 import { loadReferenceSnapshot, SimulatedMarket, type MarketState } from "../../services/fx/market.js";
 import { QuoteStore } from "../../services/fx/quotes.js";
-import { openDatabase, type Database } from "../../services/runtime/db.js";
-import { migrate } from "../../services/runtime/migrate.js";
-import { errorMapping } from "../../services/runtime/interceptors.js";
-import { createLogger } from "../../services/runtime/logger.js";
-import { formatDecimal } from "../../services/runtime/decimal.js";
+import { openDatabase, type Database } from "../../services/runtime/db/database.js";
+import { migrate } from "../../services/runtime/db/migrate.js";
+import { errorMapping } from "../../services/runtime/rpc/interceptors.js";
+import { createLogger } from "../../services/runtime/observability/logger.js";
+import { formatDecimal } from "../../services/runtime/money/decimal.js";
 import { rejectionOf } from "../support/wire.js";
 
 // ---------------------------------------------------------------------------------------

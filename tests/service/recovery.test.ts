@@ -8,9 +8,9 @@
 import { fileURLToPath } from "node:url";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { CallOptions } from "@connectrpc/connect";
-import type { Database } from "../../services/runtime/db.js";
-import { createLogger } from "../../services/runtime/logger.js";
-import { migrate } from "../../services/runtime/migrate.js";
+import type { Database } from "../../services/runtime/db/database.js";
+import { createLogger } from "../../services/runtime/observability/logger.js";
+import { migrate } from "../../services/runtime/db/migrate.js";
 import type { PaymentRecord } from "../../services/payments/payment.js";
 import { startRecovery, type Recovery, type RecoveryOptions } from "../../services/payments/recovery.js";
 import { PaymentStore } from "../../services/payments/store.js";

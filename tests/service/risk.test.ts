@@ -28,11 +28,11 @@ import { BaseRates } from "../../services/risk/rates.js";
 import { parseRuleSet, type RuleSet } from "../../services/risk/rules.js";
 import { riskService } from "../../services/risk/service.js";
 import { DecisionStore } from "../../services/risk/store.js";
-import { openDatabase, type Database, type Queryable } from "../../services/runtime/db.js";
-import { errorMapping } from "../../services/runtime/interceptors.js";
-import { createLogger } from "../../services/runtime/logger.js";
-import { migrate } from "../../services/runtime/migrate.js";
-import { money } from "../../services/runtime/money.js";
+import { openDatabase, type Database, type Queryable } from "../../services/runtime/db/database.js";
+import { errorMapping } from "../../services/runtime/rpc/interceptors.js";
+import { createLogger } from "../../services/runtime/observability/logger.js";
+import { migrate } from "../../services/runtime/db/migrate.js";
+import { money } from "../../services/runtime/money/money.js";
 import { storageBackends, testDatabases } from "../support/postgres.js";
 import { stringify } from "yaml";
 

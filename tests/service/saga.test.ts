@@ -11,15 +11,15 @@ import { QuoteSchema, type FxService } from "../../services/gen/paygate/fx/v1/fx
 import { DecisionSchema, Outcome, type RiskService } from "../../services/gen/paygate/risk/v1/risk_pb.js";
 import { AccountSchema, HoldSchema, HoldStatus, type WalletService } from "../../services/gen/paygate/wallet/v1/wallet_pb.js";
 import { ErrorDetailSchema } from "../../services/gen/paygate/common/v1/common_pb.js";
-import { createLogger } from "../../services/runtime/logger.js";
-import { migrate } from "../../services/runtime/migrate.js";
-import { money } from "../../services/runtime/money.js";
+import { createLogger } from "../../services/runtime/observability/logger.js";
+import { migrate } from "../../services/runtime/db/migrate.js";
+import { money } from "../../services/runtime/money/money.js";
 import { AccountDirectory } from "../../services/payments/accounts.js";
 import type { PaymentRecord } from "../../services/payments/payment.js";
 import { paymentRecord as payment } from "../support/payments.js";
 import { Saga } from "../../services/payments/saga.js";
 import { PaymentStore } from "../../services/payments/store.js";
-import type { Database } from "../../services/runtime/db.js";
+import type { Database } from "../../services/runtime/db/database.js";
 import { testDatabases } from "../support/postgres.js";
 
 const MIGRATIONS = fileURLToPath(new URL("../../services/payments/migrations", import.meta.url));

@@ -4,8 +4,8 @@ import { mkdtempSync, rmSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { openDatabase } from "../../services/runtime/db.js";
-import type { Database } from "../../services/runtime/db.js";
+import { openDatabase } from "../../services/runtime/db/database.js";
+import type { Database } from "../../services/runtime/db/database.js";
 import { storageBackends, testDatabases } from "../support/postgres.js";
 
 const backends = storageBackends();

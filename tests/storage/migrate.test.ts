@@ -5,8 +5,8 @@ import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
-import type { Database, Queryable } from "../../services/runtime/db.js";
-import { migrate } from "../../services/runtime/migrate.js";
+import type { Database, Queryable } from "../../services/runtime/db/database.js";
+import { migrate } from "../../services/runtime/db/migrate.js";
 import { storageBackends, testDatabases } from "../support/postgres.js";
 
 const tempDirs: string[] = [];

@@ -2,9 +2,9 @@
 // exactly one winner among concurrent users of one quote (row locking on PostgreSQL).
 import { fileURLToPath } from "node:url";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import type { Database } from "../../services/runtime/db.js";
+import type { Database } from "../../services/runtime/db/database.js";
 import { DomainError } from "../../services/runtime/errors.js";
-import { migrate } from "../../services/runtime/migrate.js";
+import { migrate } from "../../services/runtime/db/migrate.js";
 import { QuoteStore } from "../../services/fx/quotes.js";
 import type { QuoteRecord } from "../../services/fx/quotes.js";
 import { storageBackends, testDatabases } from "../support/postgres.js";

@@ -2,9 +2,9 @@
 // helper that awaits an expected DomainError.
 import { fileURLToPath } from "node:url";
 import { expect } from "vitest";
-import type { Database } from "../../services/runtime/db.js";
+import type { Database } from "../../services/runtime/db/database.js";
 import { DomainError } from "../../services/runtime/errors.js";
-import { migrate } from "../../services/runtime/migrate.js";
+import { migrate } from "../../services/runtime/db/migrate.js";
 
 export const LEDGER_MIGRATIONS = fileURLToPath(new URL("../../services/wallet/migrations", import.meta.url));
 

@@ -2,8 +2,8 @@
 // when TEST_DATABASE_URL is set (.ci/run starts one). CI must never quietly skip Postgres.
 import { randomBytes } from "node:crypto";
 import pg from "pg";
-import { IN_MEMORY, openDatabase } from "../../services/runtime/db.js";
-import type { Database } from "../../services/runtime/db.js";
+import { IN_MEMORY, openDatabase } from "../../services/runtime/db/database.js";
+import type { Database } from "../../services/runtime/db/database.js";
 
 export const TEST_DATABASE_URL = process.env.TEST_DATABASE_URL || undefined;
 

@@ -1,10 +1,10 @@
 import { describe, it, expect } from "vitest";
 import fc from "fast-check";
 import { Decimal as DecimalJs } from "decimal.js";
-import { applySpread, convertMinor, crossRate, INVERSE_RATE_SIGNIFICANT_DIGITS } from "../../services/fx/conversion.js";
-import { formatDecimal, parseDecimal } from "../../services/runtime/decimal.js";
-import type { Decimal, RoundingMode } from "../../services/runtime/decimal.js";
-import { currencyInfo } from "../../services/runtime/money.js";
+import { applySpread, convertMinor, crossRate, INVERSE_RATE_SIGNIFICANT_DIGITS } from "../../services/runtime/money/conversion.js";
+import { formatDecimal, parseDecimal } from "../../services/runtime/money/decimal.js";
+import type { Decimal, RoundingMode } from "../../services/runtime/money/decimal.js";
+import { currencyInfo } from "../../services/runtime/money/money.js";
 
 // Independent exact oracle: every product below has < 60 digits, far under 200.
 const Oracle = DecimalJs.clone({ precision: 200, rounding: DecimalJs.ROUND_HALF_EVEN, toExpNeg: -1000, toExpPos: 1000 });

@@ -13,8 +13,8 @@ import {
   normalize,
   parseDecimal,
   roundToScale,
-} from "../../services/runtime/decimal.js";
-import type { Decimal, RoundingMode } from "../../services/runtime/decimal.js";
+} from "../../services/runtime/money/decimal.js";
+import type { Decimal, RoundingMode } from "../../services/runtime/money/decimal.js";
 
 // Independent exact oracle. 200 significant digits is far more than any operand here has
 // (< 60 digits), so a quotient that is not a tie can never be rounded into one.

@@ -6,8 +6,8 @@ import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { readiness, storageDescription, waitUntilReady, devEnv, type ServiceProcess } from "../../scripts/dev.js";
 import { ConfigError, loadConfig } from "../../services/runtime/config.js";
-import { createLogger } from "../../services/runtime/logger.js";
-import { startServer, type RunningServer } from "../../services/runtime/server.js";
+import { createLogger } from "../../services/runtime/observability/logger.js";
+import { startServer, type RunningServer } from "../../services/runtime/rpc/server.js";
 import { freePort } from "../support/ports.js";
 import { repoRoot } from "../support/wire.js";
 

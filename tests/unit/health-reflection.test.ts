@@ -14,11 +14,11 @@ import type { ConnectRouter } from "@connectrpc/connect";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
 import { ServerReflectionRequestSchema } from "../../services/gen/grpc/reflection/v1/reflection_pb.js";
 import { FxService } from "../../services/gen/paygate/fx/v1/fx_pb.js";
-import { HealthStatus, ServingStatus, registerHealth } from "../../services/runtime/health.js";
-import { createLogger } from "../../services/runtime/logger.js";
-import { registry } from "../../services/runtime/metrics.js";
-import { registerReflection } from "../../services/runtime/reflection.js";
-import { startServer as startPaygateServer } from "../../services/runtime/server.js";
+import { HealthStatus, ServingStatus, registerHealth } from "../../services/runtime/rpc/health.js";
+import { createLogger } from "../../services/runtime/observability/logger.js";
+import { registry } from "../../services/runtime/observability/metrics.js";
+import { registerReflection } from "../../services/runtime/rpc/reflection.js";
+import { startServer as startPaygateServer } from "../../services/runtime/rpc/server.js";
 import { waitFor } from "../support/wire.js";
 
 const modules = fileURLToPath(new URL("../../node_modules/", import.meta.url));

@@ -1,10 +1,10 @@
-// Database metrics of services/runtime/db.ts, on both backends (PGlite always, PostgreSQL
+// Database metrics of services/runtime/db/database.ts, on both backends (PGlite always, PostgreSQL
 // when TEST_DATABASE_URL is set): db_query_duration_seconds{operation},
 // db_transactions_total{outcome} and, for PostgreSQL, db_pool_connections{state}. Values are
 // read from the process registry, as /metrics would serve them, before and after.
 import { afterAll, describe, expect, it, vi } from "vitest";
-import type { Database } from "../../services/runtime/db.js";
-import { registry } from "../../services/runtime/metrics.js";
+import type { Database } from "../../services/runtime/db/database.js";
+import { registry } from "../../services/runtime/observability/metrics.js";
 import { storageBackends, testDatabases } from "../support/postgres.js";
 
 vi.setConfig({ testTimeout: 60_000, hookTimeout: 60_000 });

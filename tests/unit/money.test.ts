@@ -14,7 +14,7 @@ import {
   parseJsonAmount,
   readMoney,
   requirePositive,
-} from "../../services/runtime/money.js";
+} from "../../services/runtime/money/money.js";
 
 // Independent exact oracle; plain (non-exponent) toString for any size we use.
 const Oracle = DecimalJs.clone({ precision: 200, rounding: DecimalJs.ROUND_HALF_EVEN, toExpNeg: -1000, toExpPos: 1000 });

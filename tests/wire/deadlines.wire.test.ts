@@ -1,4 +1,4 @@
-// The deadline headers Paygate writes on its hops (services/runtime/http2-upstream.ts: the
+// The deadline headers Paygate writes on its hops (services/runtime/rpc/http2-upstream.ts: the
 // gateway's relay and the unary transport between services) and the downstream deadline a
 // handler passes on (downstream()): always what connect's parsers accept (grpc-timeout at
 // most 8 digits and a unit, connect-timeout-ms at most 10 digits), rounded up so time left is
@@ -8,10 +8,10 @@ import { Code, ConnectError, type ConnectRouter, type HandlerContext } from "@co
 import { parseTimeout as parseConnectTimeout } from "@connectrpc/connect/protocol-connect";
 import { parseTimeout as parseGrpcTimeout } from "@connectrpc/connect/protocol-grpc";
 import { FxService } from "../../services/gen/paygate/fx/v1/fx_pb.js";
-import { connectTimeout, grpcTimeout, MAX_TIMEOUT_MS } from "../../services/runtime/http2-upstream.js";
-import { createLogger } from "../../services/runtime/logger.js";
-import { startServer, type RunningServer } from "../../services/runtime/server.js";
-import { downstream, upstreamClient, upstreamTransport } from "../../services/runtime/upstream.js";
+import { connectTimeout, grpcTimeout, MAX_TIMEOUT_MS } from "../../services/runtime/rpc/http2-upstream.js";
+import { createLogger } from "../../services/runtime/observability/logger.js";
+import { startServer, type RunningServer } from "../../services/runtime/rpc/server.js";
+import { downstream, upstreamClient, upstreamTransport } from "../../services/runtime/rpc/upstream.js";
 
 vi.setConfig({ testTimeout: 30_000, hookTimeout: 30_000 });
 

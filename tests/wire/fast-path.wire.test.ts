@@ -1,4 +1,4 @@
-// The unary fast path (services/runtime/unary-fast-path.ts): which requests it takes, and
+// The unary fast path (services/runtime/rpc/unary-fast-path.ts): which requests it takes, and
 // that what it answers is what connect's own handler answers for the same call. The same
 // request bytes go over HTTP/2 (taken by the fast path) and over HTTP/1.1 (always connect's
 // handler) to one server, and the two answers are compared: status, body and headers.
@@ -9,9 +9,9 @@ import { create, toBinary } from "@bufbuild/protobuf";
 import { Code, ConnectError, createConnectRouter, type ConnectRouter, type HandlerContext } from "@connectrpc/connect";
 import { FxService, GetRateRequestSchema, type GetRateRequest } from "../../services/gen/paygate/fx/v1/fx_pb.js";
 import { invalidArgument } from "../../services/runtime/errors.js";
-import { createLogger } from "../../services/runtime/logger.js";
-import { startServer, type RunningServer } from "../../services/runtime/server.js";
-import { unaryFastPath } from "../../services/runtime/unary-fast-path.js";
+import { createLogger } from "../../services/runtime/observability/logger.js";
+import { startServer, type RunningServer } from "../../services/runtime/rpc/server.js";
+import { unaryFastPath } from "../../services/runtime/rpc/unary-fast-path.js";
 
 vi.setConfig({ testTimeout: 30_000, hookTimeout: 30_000 });
 

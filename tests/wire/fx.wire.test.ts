@@ -14,7 +14,7 @@ import { createConnectTransport, createGrpcTransport, createGrpcWebTransport } f
 import { ErrorDetailSchema } from "../../services/gen/paygate/common/v1/common_pb.js";
 import { FxService, QuoteStatus, RoundingMode, type ConvertResponse } from "../../services/gen/paygate/fx/v1/fx_pb.js";
 import { startFx } from "../../services/fx/main.js";
-import type { RunningServer } from "../../services/runtime/server.js";
+import type { RunningServer } from "../../services/runtime/rpc/server.js";
 import {
   bufBin,
   findGrpcurl,

@@ -10,9 +10,9 @@ import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { create, toBinary } from "@bufbuild/protobuf";
 import type { ConnectRouter } from "@connectrpc/connect";
 import { ReserveRequestSchema, WalletService, type ReserveRequest } from "../../services/gen/paygate/wallet/v1/wallet_pb.js";
-import { openDatabase, type Database } from "../../services/runtime/db.js";
-import { createLogger } from "../../services/runtime/logger.js";
-import { startServer, type RunningServer } from "../../services/runtime/server.js";
+import { openDatabase, type Database } from "../../services/runtime/db/database.js";
+import { createLogger } from "../../services/runtime/observability/logger.js";
+import { startServer, type RunningServer } from "../../services/runtime/rpc/server.js";
 import { rawExchange } from "../support/wire.js";
 
 vi.setConfig({ testTimeout: 30_000, hookTimeout: 30_000 });

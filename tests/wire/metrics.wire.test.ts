@@ -1,4 +1,4 @@
-// Prometheus metrics of the shared runtime (services/runtime/metrics.ts), over real sockets:
+// Prometheus metrics of the shared runtime (services/runtime/observability/metrics.ts), over real sockets:
 // a server started with startServer (a test-only FxService whose behaviour each request
 // picks), called with Connect JSON (plain fetch), Connect binary, gRPC (connect-node and
 // grpc-js), gRPC-Web, server streams that end, fail and are cancelled, and calls through
@@ -13,10 +13,10 @@ import { Code, ConnectError, createClient, type ConnectRouter, type HandlerConte
 import { createConnectTransport, createGrpcTransport, createGrpcWebTransport } from "@connectrpc/connect-node";
 import { FxService, GetRateRequestSchema } from "../../services/gen/paygate/fx/v1/fx_pb.js";
 import { invalidArgument } from "../../services/runtime/errors.js";
-import { createLogger } from "../../services/runtime/logger.js";
-import { LATENCY_BUCKETS } from "../../services/runtime/metrics.js";
-import { startServer, type RunningServer, type ServerOptions, type ServiceSpec } from "../../services/runtime/server.js";
-import { downstream, upstreamClient, upstreamTransport } from "../../services/runtime/upstream.js";
+import { createLogger } from "../../services/runtime/observability/logger.js";
+import { LATENCY_BUCKETS } from "../../services/runtime/observability/metrics.js";
+import { startServer, type RunningServer, type ServerOptions, type ServiceSpec } from "../../services/runtime/rpc/server.js";
+import { downstream, upstreamClient, upstreamTransport } from "../../services/runtime/rpc/upstream.js";
 import { FxGrpc, grpcClient, grpcUnary, rejectionOf, sleep, waitFor } from "../support/wire.js";
 
 vi.setConfig({ testTimeout: 60_000, hookTimeout: 60_000 });

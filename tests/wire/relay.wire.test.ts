@@ -18,10 +18,10 @@ import { authentication } from "../../services/gateway/public-api.js";
 import { paymentsRelay } from "../../services/gateway/relay.js";
 import type { Merchants } from "../../services/gateway/merchants.js";
 import { notFound } from "../../services/runtime/errors.js";
-import { createLogger } from "../../services/runtime/logger.js";
-import { registry } from "../../services/runtime/metrics.js";
-import { startServer, type RunningServer, type ServerOptions } from "../../services/runtime/server.js";
-import { MAX_TIMEOUT_MS } from "../../services/runtime/http2-upstream.js";
+import { createLogger } from "../../services/runtime/observability/logger.js";
+import { registry } from "../../services/runtime/observability/metrics.js";
+import { startServer, type RunningServer, type ServerOptions } from "../../services/runtime/rpc/server.js";
+import { MAX_TIMEOUT_MS } from "../../services/runtime/rpc/http2-upstream.js";
 import { freePort } from "../support/ports.js";
 import { findGrpcurl, hostPort, runTool, sleep, waitFor, within } from "../support/wire.js";
 

@@ -16,9 +16,9 @@ import { FxService } from "../../services/gen/paygate/fx/v1/fx_pb.js";
 import { Outcome, RiskService } from "../../services/gen/paygate/risk/v1/risk_pb.js";
 import { startFx } from "../../services/fx/main.js";
 import { startRisk } from "../../services/risk/main.js";
-import { createLogger } from "../../services/runtime/logger.js";
-import { money } from "../../services/runtime/money.js";
-import { startServer, type RunningServer } from "../../services/runtime/server.js";
+import { createLogger } from "../../services/runtime/observability/logger.js";
+import { money } from "../../services/runtime/money/money.js";
+import { startServer, type RunningServer } from "../../services/runtime/rpc/server.js";
 import { waitFor } from "../support/wire.js";
 
 const UPSTREAM_TIMEOUT_MS = 1000;

@@ -1,4 +1,4 @@
-// Graceful shutdown and deadlines of the shared server (services/runtime/server.ts), with a
+// Graceful shutdown and deadlines of the shared server (services/runtime/rpc/server.ts), with a
 // test-only FxService whose GetRate timing the tests control, and the real fx process
 // stopped with SIGTERM. Timing bounds are generous (2-core CI): phases are told apart by
 // state (polling), not by tight sleeps.
@@ -9,9 +9,9 @@ import type * as grpc from "@grpc/grpc-js";
 import { Code, ConnectError, createClient, type ConnectRouter, type HandlerContext } from "@connectrpc/connect";
 import { createConnectTransport, createGrpcTransport } from "@connectrpc/connect-node";
 import { FxService } from "../../services/gen/paygate/fx/v1/fx_pb.js";
-import { createLogger } from "../../services/runtime/logger.js";
-import { startServer, type RunningServer, type ServerOptions, type ServiceSpec } from "../../services/runtime/server.js";
-import { downstream, upstreamClient, upstreamTransport } from "../../services/runtime/upstream.js";
+import { createLogger } from "../../services/runtime/observability/logger.js";
+import { startServer, type RunningServer, type ServerOptions, type ServiceSpec } from "../../services/runtime/rpc/server.js";
+import { downstream, upstreamClient, upstreamTransport } from "../../services/runtime/rpc/upstream.js";
 import { freePort } from "../support/ports.js";
 import {
   FxGrpc,

@@ -1,4 +1,4 @@
-// The unary transport every service calls its upstreams with (services/runtime/upstream.ts),
+// The unary transport every service calls its upstreams with (services/runtime/rpc/upstream.ts),
 // against a real server: answers with their headers and trailers, errors with their code,
 // message and details, the deadline and the caller's cancellation reaching the server, an
 // upstream that is not there, and one that comes back after a restart on the same port.
@@ -7,9 +7,9 @@ import { Code, ConnectError, type ConnectRouter, type HandlerContext } from "@co
 import { ErrorDetailSchema } from "../../services/gen/paygate/common/v1/common_pb.js";
 import { FxService, type GetRateRequest } from "../../services/gen/paygate/fx/v1/fx_pb.js";
 import { invalidArgument } from "../../services/runtime/errors.js";
-import { createLogger } from "../../services/runtime/logger.js";
-import { startServer, type RunningServer, type ServerOptions } from "../../services/runtime/server.js";
-import { upstreamClient, upstreamTransport } from "../../services/runtime/upstream.js";
+import { createLogger } from "../../services/runtime/observability/logger.js";
+import { startServer, type RunningServer, type ServerOptions } from "../../services/runtime/rpc/server.js";
+import { upstreamClient, upstreamTransport } from "../../services/runtime/rpc/upstream.js";
 import { freePort } from "../support/ports.js";
 import { waitFor } from "../support/wire.js";
 

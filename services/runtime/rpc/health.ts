@@ -3,7 +3,7 @@
 // Semantics follow https://github.com/grpc/grpc/blob/master/doc/health-checking.md.
 import { Code, ConnectError } from "@connectrpc/connect";
 import type { ConnectRouter } from "@connectrpc/connect";
-import { Health, HealthCheckResponse_ServingStatus } from "../gen/health/v1/health_pb.js";
+import { Health, HealthCheckResponse_ServingStatus } from "../../gen/health/v1/health_pb.js";
 
 export { HealthCheckResponse_ServingStatus as ServingStatus };
 type ServingStatus = HealthCheckResponse_ServingStatus;

@@ -1,7 +1,7 @@
 // FX maths: exact conversion with one rounding and an accounted residue, cross rates
 // through the base currency, and the quote spread. Pure bigint arithmetic.
-import { compare, divideRounded, divRoundSignificant, isPositive, mul, normalize, ONE, pow10 } from "../runtime/decimal.js";
-import type { Decimal, RoundingMode } from "../runtime/decimal.js";
+import { compare, divideRounded, divRoundSignificant, isPositive, mul, normalize, ONE, pow10 } from "./decimal.js";
+import type { Decimal, RoundingMode } from "./decimal.js";
 
 export interface Conversion {
   /** The result in target minor units, rounded once. */

@@ -11,7 +11,7 @@ import { fromBinary, fromJson, ScalarType, type DescField, type DescMessage, typ
 import { Code, ConnectError } from "@connectrpc/connect";
 import { readAllBytes, type Compression } from "@connectrpc/connect/protocol";
 import { compressionBrotli, compressionGzip } from "@connectrpc/connect-node";
-import { clipMessage, invalidArgument, toConnectError } from "./errors.js";
+import { clipMessage, invalidArgument, toConnectError } from "../errors.js";
 
 /** The compressions every service accepts. */
 export const ACCEPTED_COMPRESSION: Compression[] = [compressionGzip, compressionBrotli];

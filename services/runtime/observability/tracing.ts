@@ -77,7 +77,7 @@ import {
   ATTR_URL_PATH,
 } from "@opentelemetry/semantic-conventions";
 import { Code, ConnectError, type Interceptor, type StreamResponse } from "@connectrpc/connect";
-import { ConfigError } from "./config.js";
+import { ConfigError } from "../config.js";
 import type { Logger } from "./logger.js";
 import { codeName, protocolOf, serverAbortError, type Protocol } from "./metrics.js";
 

@@ -9,9 +9,9 @@ import { PGlite } from "@electric-sql/pglite";
 import { performance } from "node:perf_hooks";
 import pg from "pg";
 import { context, SpanKind, SpanStatusCode, trace, type Span } from "@opentelemetry/api";
-import { DomainError } from "./errors.js";
-import { gauge, histogram, counter } from "./metrics.js";
-import { contextAttributes, errorType, tracer } from "./tracing.js";
+import { DomainError } from "../errors.js";
+import { gauge, histogram, counter } from "../observability/metrics.js";
+import { contextAttributes, errorType, tracer } from "../observability/tracing.js";
 
 export interface Queryable {
   query<T = Record<string, unknown>>(sql: string, params?: unknown[]): Promise<{ rows: T[]; rowCount: number }>;

@@ -17,15 +17,15 @@ import type { Duplex } from "node:stream";
 import { Code, ConnectError, type ConnectRouter, type Interceptor } from "@connectrpc/connect";
 import type { DescService } from "@bufbuild/protobuf";
 import { HealthStatus, registerHealth } from "./health.js";
-import { rpcHandler } from "./rpc-handler.js";
+import { rpcHandler } from "./handler.js";
 import { unaryFastPath } from "./unary-fast-path.js";
 import { registerReflection } from "./reflection.js";
 import { cutOffAt, errorMapping, refuseWhileDraining, rpcLog } from "./interceptors.js";
-import { metricsHandler, rpcServerMetrics } from "./metrics.js";
+import { metricsHandler, rpcServerMetrics } from "../observability/metrics.js";
 import { textGuard } from "./text.js";
-import { flushTracing, initTracing, rpcServerTracing, tracedHttpHandler, tracingInfo } from "./tracing.js";
-import { HealthCheckResponse_ServingStatus as ServingStatus } from "../gen/health/v1/health_pb.js";
-import type { Logger } from "./logger.js";
+import { flushTracing, initTracing, rpcServerTracing, tracedHttpHandler, tracingInfo } from "../observability/tracing.js";
+import { HealthCheckResponse_ServingStatus as ServingStatus } from "../../gen/health/v1/health_pb.js";
+import type { Logger } from "../observability/logger.js";
 
 const HTTP2_PREFACE = Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
 

@@ -7,7 +7,7 @@ import { universalRequestFromNodeRequest, universalResponseToNodeResponse } from
 import { parseTimeout as parseConnectTimeout } from "@connectrpc/connect/protocol-connect";
 import { parseTimeout as parseGrpcTimeout } from "@connectrpc/connect/protocol-grpc";
 import { connectTimeout, grpcTimeout, MAX_TIMEOUT_MS } from "./http2-upstream.js";
-import type { Logger } from "./logger.js";
+import type { Logger } from "../observability/logger.js";
 import { ACCEPTED_COMPRESSION, checkedBody } from "./request-check.js";
 
 export interface RpcHandlerOptions extends ConnectRouterOptions {

@@ -4,10 +4,10 @@ import { readFileSync } from "node:fs";
 import { createRequire } from "node:module";
 import { create } from "@bufbuild/protobuf";
 import { data as isoCurrencies } from "currency-codes";
-import { MoneySchema } from "../gen/paygate/common/v1/common_pb.js";
-import type { Money } from "../gen/paygate/common/v1/common_pb.js";
+import { MoneySchema } from "../../gen/paygate/common/v1/common_pb.js";
+import type { Money } from "../../gen/paygate/common/v1/common_pb.js";
 import { quote } from "./decimal.js";
-import { invalidArgument } from "./errors.js";
+import { invalidArgument } from "../errors.js";
 
 export interface CurrencyInfo {
   code: string;

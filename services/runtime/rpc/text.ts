@@ -4,7 +4,7 @@
 // failing deep inside (or changing an id on its way to storage).
 import { ScalarType, type DescField, type DescMessage, type Message } from "@bufbuild/protobuf";
 import type { Interceptor } from "@connectrpc/connect";
-import { invalidArgument } from "./errors.js";
+import { invalidArgument } from "../errors.js";
 
 /** Why `value` is not acceptable text, or undefined when it is. */
 export function textProblem(value: string): string | undefined {

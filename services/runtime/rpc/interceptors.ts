@@ -2,9 +2,9 @@
 // tracing) plug in beside them without touching the services.
 import { Code, ConnectError, type Interceptor, type StreamResponse } from "@connectrpc/connect";
 import { performance } from "node:perf_hooks";
-import { clipped, DomainError, toConnectError } from "./errors.js";
-import type { Logger } from "./logger.js";
-import { codeName } from "./metrics.js";
+import { clipped, DomainError, toConnectError } from "../errors.js";
+import type { Logger } from "../observability/logger.js";
+import { codeName } from "../observability/metrics.js";
 
 /**
  * Maps every error leaving a handler to what a client may see: domain errors to their code

@@ -5,7 +5,7 @@
 import { createHash } from "node:crypto";
 import { readdirSync, readFileSync } from "node:fs";
 import path from "node:path";
-import type { Database } from "./db.js";
+import type { Database } from "./database.js";
 
 export interface MigrationResult {
   applied: string[];

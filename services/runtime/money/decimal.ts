@@ -1,6 +1,6 @@
 // Exact decimals for rates: value = mantissa × 10^-scale, scale a non-negative integer.
 // Everything is bigint arithmetic; no float ever touches a value.
-import { invalidArgument } from "./errors.js";
+import { invalidArgument } from "../errors.js";
 
 export interface Decimal {
   mantissa: bigint;
