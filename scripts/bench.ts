@@ -24,7 +24,7 @@ import { parseArgs } from "node:util";
 import { create, fromBinary, toBinary, type DescMessage, type MessageInitShape, type MessageShape } from "@bufbuild/protobuf";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
-import { errorFromJsonBytes } from "@connectrpc/connect/protocol-connect";
+import { errorFromJsonBytes } from "../services/runtime/rpc/connect-protocol.js";
 import pg from "pg";
 import { ErrorDetailSchema } from "../services/gen/paygate/common/v1/common_pb.js";
 import { GetRateRequestSchema, GetRateResponseSchema } from "../services/gen/paygate/fx/v1/fx_pb.js";

@@ -15,8 +15,7 @@
 import http2 from "node:http2";
 import type http from "node:http";
 import { Code, ConnectError } from "@connectrpc/connect";
-import { codeFromString, codeToHttpStatus, errorToJsonBytes, parseContentType as parseConnectContentType, parseTimeout as parseConnectTimeout } from "@connectrpc/connect/protocol-connect";
-import { parseContentType as parseGrpcContentType, parseTimeout as parseGrpcTimeout } from "@connectrpc/connect/protocol-grpc";
+import { codeFromString, codeToHttpStatus, errorToJsonBytes, parseConnectContentType, parseConnectTimeout, parseGrpcContentType, parseGrpcTimeout } from "../runtime/rpc/connect-protocol.js";
 import { context } from "@opentelemetry/api";
 import { PaymentsService } from "../gen/paygate/payments/v1/payments_pb.js";
 import { MERCHANT_HEADER } from "../runtime/rpc/headers.js";

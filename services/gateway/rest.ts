@@ -11,7 +11,7 @@ import { readFileSync } from "node:fs";
 import { create, type DescMethod, type DescService } from "@bufbuild/protobuf";
 import { timestampDate } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, createContextValues, createHandlerContext, type Client, type HandlerContext } from "@connectrpc/connect";
-import { codeToHttpStatus } from "@connectrpc/connect/protocol-connect";
+import { codeToHttpStatus } from "../runtime/rpc/connect-protocol.js";
 import { ErrorDetailSchema } from "../gen/paygate/common/v1/common_pb.js";
 import { ConvertRequestSchema, ConvertResponseSchema, FxService, GetRateRequestSchema, GetRateResponseSchema } from "../gen/paygate/fx/v1/fx_pb.js";
 import {

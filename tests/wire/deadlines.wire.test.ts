@@ -5,8 +5,7 @@
 // never sent as none, and never longer than a Node.js timer holds.
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { Code, ConnectError, type ConnectRouter, type HandlerContext } from "@connectrpc/connect";
-import { parseTimeout as parseConnectTimeout } from "@connectrpc/connect/protocol-connect";
-import { parseTimeout as parseGrpcTimeout } from "@connectrpc/connect/protocol-grpc";
+import { parseConnectTimeout, parseGrpcTimeout } from "../../services/runtime/rpc/connect-protocol.js";
 import { FxService } from "../../services/gen/paygate/fx/v1/fx_pb.js";
 import { connectTimeout, grpcTimeout, MAX_TIMEOUT_MS } from "../../services/runtime/rpc/http2-upstream.js";
 import { createLogger } from "../../services/runtime/observability/logger.js";

@@ -4,8 +4,7 @@
 import type http from "node:http";
 import { Code, ConnectError, createConnectRouter, type ConnectRouter, type ConnectRouterOptions } from "@connectrpc/connect";
 import { universalRequestFromNodeRequest, universalResponseToNodeResponse } from "@connectrpc/connect-node";
-import { parseTimeout as parseConnectTimeout } from "@connectrpc/connect/protocol-connect";
-import { parseTimeout as parseGrpcTimeout } from "@connectrpc/connect/protocol-grpc";
+import { parseConnectTimeout, parseGrpcTimeout } from "./connect-protocol.js";
 import { connectTimeout, grpcTimeout, MAX_TIMEOUT_MS } from "./http2-upstream.js";
 import type { Logger } from "../observability/logger.js";
 import { ACCEPTED_COMPRESSION, checkedBody } from "./request-check.js";

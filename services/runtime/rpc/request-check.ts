@@ -9,7 +9,7 @@
 // (the check's error comes out of the body it reads).
 import { fromBinary, fromJson, ScalarType, type DescField, type DescMessage, type DescMethod, type JsonValue, type MessageShape } from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";
-import { readAllBytes, type Compression } from "@connectrpc/connect/protocol";
+import { readAllBytes, type Compression } from "./connect-protocol.js";
 import { compressionBrotli, compressionGzip } from "@connectrpc/connect-node";
 import { clipMessage, invalidArgument, toConnectError } from "../errors.js";
 

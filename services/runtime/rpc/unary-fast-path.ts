@@ -12,8 +12,7 @@ import type http from "node:http";
 import type http2 from "node:http2";
 import { toBinary } from "@bufbuild/protobuf";
 import { Code, ConnectError, createHandlerContext, createServiceImplSpec, type ConnectRouter, type Interceptor, type MethodImplSpec } from "@connectrpc/connect";
-import { invokeUnaryImplementation, mergeNonProtocolHeaders } from "@connectrpc/connect/protocol";
-import { codeToHttpStatus, errorToJsonBytes } from "@connectrpc/connect/protocol-connect";
+import { codeToHttpStatus, errorToJsonBytes, invokeUnaryImplementation, mergeNonProtocolHeaders } from "./connect-protocol.js";
 import { MAX_TIMEOUT_MS } from "./http2-upstream.js";
 import { parseBinaryRequest } from "./request-check.js";
 
