@@ -62,7 +62,6 @@ const statuses: Record<Status, PaymentStatus> = {
   FAILED: PaymentStatus.FAILED,
 };
 
-export const statusToProto = (s: Status) => statuses[s];
 export const statusFromProto = (p: PaymentStatus): Status | undefined => (Object.keys(statuses) as Status[]).find((k) => statuses[k] === p);
 
 export function paymentMessage(p: PaymentRecord): Payment {

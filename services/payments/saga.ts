@@ -17,7 +17,7 @@
 //
 // Traces: run() is a span "saga.run" (a child of the RPC that drives it, or the root of a
 // trace of its own when the recovery sweep resumes a payment), each step a child span:
-// saga.risk, saga.fx_quote (saga.fx_use for a payment an earlier version quoted),
+// saga.risk, saga.fx_quote,
 // saga.wallet_reserve_capture (automatic capture),
 // saga.wallet_reserve, saga.wallet_capture, saga.wallet_release (manual capture). All carry
 // paygate.payment_id, paygate.merchant_id and paygate.currency (and
@@ -135,7 +135,7 @@ export class Saga {
     if (quoting.status === "rejected") throw quoting.reason;
     const quoted = quoting.value;
     if (quoted !== undefined && "refused" in quoted) return this.refused(p, quoted.refused, facts, complete);
-    if (quoted?.facts) facts = { ...facts, ...quoted.facts };
+    if (quoted) facts = { ...facts, ...quoted.facts };
     const fx = quoted?.fx;
 
     const automatic = p.captureMethod === "AUTOMATIC";
@@ -174,27 +174,22 @@ export class Saga {
     ));
   }
 
-  /** The fx terms the hold is placed on (and the facts to store), or fx's permanent refusal. */
-  private async quote(p: PaymentRecord, call: CallOptions): Promise<{ fx: FxTerms; facts?: PaymentPatch } | { refused: ConnectError }> {
-    if (p.fxQuoteId === null) {
-      // A quote made and used for this payment in one call. Asked again (a resumed saga),
-      // fx returns the same quote, so the hold is placed on the same terms; the terms are
-      // stored with the payment's outcome.
-      const quoted = await refusal(step("fx_quote", p, () =>
-        this.up.fx.createQuote({ source: { case: "amount", value: money(p.currency, p.amountMinor) }, toCurrency: p.settlementCurrency, useReference: p.id }, call),
-      ));
-      if ("refused" in quoted) return quoted;
-      const { quote } = quoted;
-      return {
-        fx: { rate: quote!.rate, quoteId: quote!.id, destinationAmount: quote!.converted! },
-        facts: { fxQuoteId: quote!.id, fxRate: quote!.rate, settlementMinor: quote!.converted!.amountMinor },
-      };
-    }
-    // A payment an earlier version of this service quoted (and stored the quote) first:
-    // it uses that quote up on behalf of the payment (the same payment may use it again).
-    const used = await refusal(step("fx_use", p, () => this.up.fx.convert({ quoteId: p.fxQuoteId!, reference: p.id }, call)));
-    if ("refused" in used) return used;
-    return { fx: { rate: p.fxRate!, quoteId: p.fxQuoteId!, destinationAmount: money(p.settlementCurrency, p.settlementMinor!) } };
+  /**
+   * The fx terms the hold is placed on and the facts to store, or fx's permanent refusal: a
+   * quote made and used for this payment in one call. Asked again (a resumed saga), fx returns
+   * the same quote, so the hold is placed on the same terms; the terms are stored with the
+   * payment's outcome.
+   */
+  private async quote(p: PaymentRecord, call: CallOptions): Promise<{ fx: FxTerms; facts: PaymentPatch } | { refused: ConnectError }> {
+    const quoted = await refusal(step("fx_quote", p, () =>
+      this.up.fx.createQuote({ source: { case: "amount", value: money(p.currency, p.amountMinor) }, toCurrency: p.settlementCurrency, useReference: p.id }, call),
+    ));
+    if ("refused" in quoted) return quoted;
+    const { quote } = quoted;
+    return {
+      fx: { rate: quote!.rate, quoteId: quote!.id, destinationAmount: quote!.converted! },
+      facts: { fxQuoteId: quote!.id, fxRate: quote!.rate, settlementMinor: quote!.converted!.amountMinor },
+    };
   }
 
   /** Captures `amountMinor` (all when undefined) of an authorized payment; the rest of the hold is released. */

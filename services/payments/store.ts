@@ -265,14 +265,6 @@ export class PaymentStore {
     return { payments, nextPageToken };
   }
 
-  async refunds(paymentId: string): Promise<RefundRecord[]> {
-    const { rows } = await this.db.query<{ id: string; payment_id: string; amount_minor: bigint; settlement_minor: bigint; reason: string; created_at: Date }>(
-      "SELECT * FROM refunds WHERE payment_id = $1 ORDER BY created_at, id",
-      [paymentId],
-    );
-    return rows.map((r) => ({ id: r.id, paymentId: r.payment_id, amountMinor: r.amount_minor, settlementMinor: r.settlement_minor, reason: r.reason, createdAt: r.created_at }));
-  }
-
   async insertRefund(tx: Queryable, r: RefundRecord): Promise<void> {
     await tx.query("INSERT INTO refunds (id, payment_id, amount_minor, settlement_minor, reason, created_at) VALUES ($1, $2, $3, $4, $5, $6)", [
       r.id, r.paymentId, r.amountMinor, r.settlementMinor, r.reason, r.createdAt,

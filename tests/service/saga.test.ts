@@ -152,12 +152,6 @@ describe("saga against scripted upstreams", () => {
     expect(await events(p.id)).toEqual(["payment.created", "payment.authorized", "payment.captured"]);
   });
 
-  it("a payment whose quote an earlier version stored uses that quote (Convert for the payment) and places the hold on its terms", async () => {
-    const p = await saga.run(await start({ settlementCurrency: "JPY", settlementMinor: 149_00n, fxQuoteId: "qt_earlier", fxRate: "149" }), {});
-    expect(p).toMatchObject({ status: "CAPTURED", fxQuoteId: "qt_earlier", fxRate: "149", settlementMinor: 149_00n });
-    expect(calls.filter((c) => c.startsWith("fx.") || c.startsWith("wallet.reserve"))).toEqual([`fx.convert(qt_earlier, reference=${p.id})`, "wallet.reserve(capture=true, fx=qt_earlier@149)"]);
-  });
-
   it("a cross-currency payment asks risk and fx at once: both calls are out before either answers", async () => {
     let release!: () => void;
     const held = new Promise<void>((r) => (release = r));

@@ -37,11 +37,6 @@ export class HealthStatus {
     for (const service of [...this.statuses.keys()]) this.set(service, status);
   }
 
-  /** Forgets a service: it becomes unknown again. */
-  delete(service: string): void {
-    if (this.statuses.delete(service)) this.notify(service);
-  }
-
   /** The status of a service, undefined when unknown. */
   get(service: string): ServingStatus | undefined {
     return this.statuses.get(service);
