@@ -11,7 +11,7 @@ import { readFileSync } from "node:fs";
 import { create, type DescMethod, type DescService } from "@bufbuild/protobuf";
 import { timestampDate } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, createContextValues, createHandlerContext, type Client, type HandlerContext } from "@connectrpc/connect";
-import { codeToHttpStatus } from "../runtime/rpc/connect-protocol.js";
+import { codeToHttpStatus, codeToString } from "../runtime/rpc/connect-protocol.js";
 import { ErrorDetailSchema } from "../gen/paygate/common/v1/common_pb.js";
 import { ConvertRequestSchema, ConvertResponseSchema, FxService, GetRateRequestSchema, GetRateResponseSchema } from "../gen/paygate/fx/v1/fx_pb.js";
 import {
@@ -267,7 +267,7 @@ function renameField(err: unknown, names: Record<string, string>): unknown {
   return new DomainError(kindOf(connect.code), detail.reason, message, to, detail.metadata);
 }
 
-const kindOf = (code: Code): ErrorKind => (Code[code].replace(/[A-Z]/g, (c, i: number) => (i ? "_" : "") + c.toLowerCase()) as ErrorKind);
+const kindOf = (code: Code): ErrorKind => codeToString(code) as ErrorKind;
 
 function headerValue(req: Request, name: string): string | undefined {
   const v = req.headers[name];

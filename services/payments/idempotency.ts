@@ -7,14 +7,12 @@ import { create, fromBinary, toBinary, type DescMessage, type MessageShape } fro
 import { Code, ConnectError } from "@connectrpc/connect";
 import { ErrorDetailSchema } from "../gen/paygate/common/v1/common_pb.js";
 import type { Database } from "../runtime/db/database.js";
-import { DomainError, invalidArgument, toConnectError } from "../runtime/errors.js";
+import { DomainError, invalidArgument, isTransient, toConnectError } from "../runtime/errors.js";
 import { IDEMPOTENCY_HEADER, REPLAYED_HEADER } from "../runtime/rpc/headers.js";
 
 /** Stores a key's response ($3) and unlocks it. */
 const COMPLETE = "UPDATE idempotency_keys SET response = $3, locked_until = NULL WHERE merchant_id = $1 AND key = $2";
 
-/** Errors worth retrying: the key is unlocked so a retry of the same request runs it again. */
-const TRANSIENT = new Set([Code.Unavailable, Code.DeadlineExceeded, Code.Canceled, Code.Internal, Code.Unknown, Code.Aborted, Code.ResourceExhausted]);
 
 interface StoredError {
   code: Code;
@@ -166,7 +164,8 @@ export class IdempotencyKeys {
 /** The error to replay for this key, or undefined when it is transient (the key is unlocked). */
 function storable(err: unknown): StoredError | undefined {
   const connect = err instanceof DomainError ? toConnectError(err) : err instanceof ConnectError ? err : undefined;
-  if (!connect || TRANSIENT.has(connect.code)) return undefined;
+  // Errors worth retrying are not kept: the key is unlocked so a retry runs the request again.
+  if (!connect || isTransient(connect)) return undefined;
   const detail = connect.findDetails(ErrorDetailSchema)[0];
   return { code: connect.code, message: connect.rawMessage, reason: detail?.reason ?? "", field: detail?.field ?? "", metadata: detail?.metadata ?? {} };
 }

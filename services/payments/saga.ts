@@ -29,6 +29,7 @@ import type { FxService } from "../gen/paygate/fx/v1/fx_pb.js";
 import { Outcome, type RiskService } from "../gen/paygate/risk/v1/risk_pb.js";
 import { HoldStatus, type WalletService } from "../gen/paygate/wallet/v1/wallet_pb.js";
 import { money } from "../runtime/money/money.js";
+import { isTransient } from "../runtime/errors.js";
 import type { Logger } from "../runtime/observability/logger.js";
 import { withAttributes, withSpan, type PaygateAttributes } from "../runtime/observability/tracing.js";
 import type { PaymentRecord } from "./payment.js";
@@ -41,10 +42,6 @@ export interface Upstreams {
   fx: Client<typeof FxService>;
 }
 
-/** Codes that say "not now" rather than "no": the saga stops and is resumed later. */
-const TRANSIENT = new Set([Code.Unavailable, Code.DeadlineExceeded, Code.Canceled, Code.Internal, Code.Unknown, Code.ResourceExhausted, Code.Aborted]);
-
-export const isTransient = (err: unknown) => !(err instanceof ConnectError) || TRANSIENT.has(err.code);
 
 /** The stable reason of an upstream's refusal, from its ErrorDetail. */
 export function reasonOf(err: ConnectError): string {

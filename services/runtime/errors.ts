@@ -30,6 +30,15 @@ const codeOf: Record<ErrorKind, Code> = {
   resource_exhausted: Code.ResourceExhausted,
 };
 
+/** Codes that say "not now" rather than "no": worth retrying, never kept as an answer. */
+const TRANSIENT = new Set([Code.Unavailable, Code.DeadlineExceeded, Code.Canceled, Code.Internal, Code.Unknown, Code.ResourceExhausted, Code.Aborted]);
+
+/**
+ * Whether `err` is worth retrying: a ConnectError with one of those codes, or anything that is
+ * not a ConnectError at all (an upstream's "no" always arrives as one).
+ */
+export const isTransient = (err: unknown): boolean => !(err instanceof ConnectError) || TRANSIENT.has(err.code);
+
 export class DomainError extends Error {
   constructor(
     readonly kind: ErrorKind,

@@ -18,6 +18,7 @@
 // Labels are of bounded cardinality: rpc_service and rpc_method come from the registered service
 // descriptors (unknown paths never reach an interceptor), protocol and code from fixed sets.
 // Never put ids, amounts, merchants' free text or anything a client chooses in a label.
+import { codeToString } from "../rpc/connect-protocol.js";
 import type http from "node:http";
 import { performance } from "node:perf_hooks";
 import { Code, ConnectError, type Interceptor, type StreamResponse } from "@connectrpc/connect";
@@ -121,15 +122,9 @@ export function protocolOf(header: Headers): Protocol {
   return "connect";
 }
 
-const CODE_NAMES = new Map<number, string>(
-  Object.values(Code)
-    .filter((v): v is Code => typeof v === "number")
-    .map((c) => [c, Code[c].replace(/^[A-Z]/, (ch) => ch.toLowerCase()).replace(/[A-Z]/g, (ch) => "_" + ch.toLowerCase())]),
-);
-
 /** The Connect/gRPC code name of an outcome, e.g. "ok", "invalid_argument", "deadline_exceeded". */
 export function codeName(outcome: Code | "ok"): string {
-  return outcome === "ok" ? "ok" : (CODE_NAMES.get(outcome) ?? "unknown");
+  return outcome === "ok" ? "ok" : Code[outcome] === undefined ? "unknown" : codeToString(outcome);
 }
 
 /** The code a caller sees for `err` (ConnectError.from maps an AbortError to canceled). */

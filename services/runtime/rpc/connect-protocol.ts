@@ -9,6 +9,7 @@ export {
   codeFromHttpStatus,
   codeFromString,
   codeToHttpStatus,
+  codeToString,
   errorFromJsonBytes,
   errorToJsonBytes,
   parseContentType as parseConnectContentType,
