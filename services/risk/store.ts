@@ -5,7 +5,7 @@
 // an account is kept, so its next decision needs no read: recorded only if the account is
 // still at the version kept, it is as exact as one made from a read.
 import { Code, ConnectError } from "@connectrpc/connect";
-import type { Database, Queryable } from "../runtime/db/database.js";
+import { SQLSTATE, sqlState, type Database, type Queryable } from "../runtime/db/database.js";
 import type { Outcome, Reason } from "./rules.js";
 
 export interface DecisionRecord {
@@ -156,7 +156,7 @@ export class DecisionStore {
    */
   private async record(q: Queryable, accountId: string, state: AccountState, d: DecisionRecord, windows: Date[], keep: boolean): Promise<boolean> {
     const recorded = await recordAfter(q, d, state.version).catch((err: unknown) => {
-      if ((err as { code?: unknown }).code === "23505") return false; // decisions_payment_id_key
+      if (sqlState(err) === SQLSTATE.uniqueViolation) return false; // decisions_payment_id_key
       throw err;
     });
     if (!recorded || !keep) return recorded;

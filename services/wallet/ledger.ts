@@ -3,7 +3,7 @@
 // accounts, and the reconciliation check. Every write runs in one database transaction and
 // is idempotent by the caller's id.
 import { createHash } from "node:crypto";
-import type { Database, Queryable } from "../runtime/db/database.js";
+import { SQLSTATE, sqlState, type Database, type Queryable } from "../runtime/db/database.js";
 import { DomainError, failedPrecondition, invalidArgument, notFound } from "../runtime/errors.js";
 import { newId } from "../runtime/ids.js";
 import { formatDecimal, parseDecimal, type Decimal } from "../runtime/money/decimal.js";
@@ -252,8 +252,8 @@ export class Ledger {
     const placed = await this.write(this.db, posting, { hold, hash, gate }).catch((err: unknown) => {
       // A deadlock, or the schema's no-overdraft check refusing the new pending total (its
       // account moved while this statement waited for it): the statement wrote nothing.
-      const code = (err as { code?: unknown }).code;
-      if (code === "40P01" || code === "23514") return false;
+      const code = sqlState(err);
+      if (code === SQLSTATE.deadlockDetected || code === SQLSTATE.checkViolation) return false;
       throw err;
     });
     return placed ? hold : undefined;
@@ -614,7 +614,7 @@ function requireCurrency(account: AccountFacts, currency: string, field: string)
 
 /** A running total pushed past int64 (SQLSTATE 22003): the movement is refused (and rolled back). */
 function refuseOutOfRange(err: unknown): never {
-  if ((err as { code?: string }).code === "22003") throw failedPrecondition("BALANCE_OUT_OF_RANGE", "amount: the movement would take a balance past the largest amount an account can hold", "amount");
+  if (sqlState(err) === SQLSTATE.numericValueOutOfRange) throw failedPrecondition("BALANCE_OUT_OF_RANGE", "amount: the movement would take a balance past the largest amount an account can hold", "amount");
   throw err;
 }
 

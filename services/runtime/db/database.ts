@@ -38,8 +38,25 @@ export interface DatabaseOptions {
 }
 
 const INT8_OID = 20;
-/** SQLSTATEs of a transaction aborted by a deadlock (40P01) or a serialization failure (40001). */
-const RETRYABLE = new Set(["40P01", "40001"]);
+
+/** The PostgreSQL error codes (SQLSTATE) Paygate acts on. */
+export const SQLSTATE = {
+  numericValueOutOfRange: "22003",
+  uniqueViolation: "23505",
+  checkViolation: "23514",
+  serializationFailure: "40001",
+  deadlockDetected: "40P01",
+  featureNotSupported: "0A000",
+} as const;
+
+/** The SQLSTATE of a database error (undefined for anything else). */
+export const sqlState = (err: unknown): string | undefined => {
+  const code = (err as { code?: unknown } | null)?.code;
+  return typeof code === "string" ? code : undefined;
+};
+
+/** A transaction aborted by a deadlock or a serialization failure: run again. */
+const RETRYABLE = new Set<string>([SQLSTATE.deadlockDetected, SQLSTATE.serializationFailure]);
 const MAX_ATTEMPTS = 5;
 
 /**
@@ -47,7 +64,7 @@ const MAX_ATTEMPTS = 5;
  * "cached plan must not change result type", 0A000) fails on its connection from then on.
  * Such a connection is dropped and the work runs again on another.
  */
-const isStalePlan = (err: unknown) => (err as { code?: string }).code === "0A000";
+const isStalePlan = (err: unknown) => sqlState(err) === SQLSTATE.featureNotSupported;
 /** DATA_DIR value that keeps an embedded database in memory only. */
 export const IN_MEMORY = "memory://";
 
@@ -218,7 +235,7 @@ async function openPostgres(url: string, schema: string, max: number): Promise<D
               if (isStalePlan(err)) drop = err as Error;
               // A deadlock, a serialization failure or a stale statement aborts a transaction
               // that did nothing wrong: run it again (all its effects were rolled back).
-              if (attempt < MAX_ATTEMPTS && (RETRYABLE.has((err as { code?: string }).code ?? "") || drop)) {
+              if (attempt < MAX_ATTEMPTS && (RETRYABLE.has(sqlState(err) ?? "") || drop)) {
                 dbTransactions.inc({ outcome: "retry" });
                 continue;
               }
