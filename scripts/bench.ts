@@ -34,6 +34,7 @@ import { DEMO_MERCHANTS } from "../services/gateway/demo.js";
 import { openDatabase } from "../services/runtime/db/database.js";
 import { currencyInfo, formatMinor, money } from "../services/runtime/money/money.js";
 import { Ledger } from "../services/wallet/ledger.js";
+import { prng } from "./prng.js";
 
 const ROOT = fileURLToPath(new URL("..", import.meta.url));
 
@@ -200,18 +201,6 @@ async function stopAll(): Promise<void> {
 
 // ---------------------------------------------------------------------------------------
 // Measurement helpers
-
-/** Deterministic PRNG (mulberry32): the same seed gives the same request mix. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 interface Sample {
   /** Latency class, e.g. "same-currency". */

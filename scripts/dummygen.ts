@@ -18,6 +18,7 @@ import { parseArgs } from "node:util";
 import { stringify } from "csv-stringify/sync";
 import { DEMO_MERCHANTS } from "../services/gateway/demo.js";
 import { currencyInfo, formatMinor } from "../services/runtime/money/money.js";
+import { prng } from "./prng.js";
 
 export const COLUMNS = ["id", "currency", "amount", "source_account", "destination_account"] as const;
 export type DummyPayment = Record<(typeof COLUMNS)[number], string>;
@@ -33,21 +34,9 @@ export interface DummyOptions {
   currencies: string[];
 }
 
-/** mulberry32: a small, fast 32-bit generator; plenty for test data, and the same everywhere. */
-function generator(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4_294_967_296;
-  };
-}
-
 export function dummyPayments(opts: DummyOptions): DummyPayment[] {
   if (opts.merchants.length < 2) throw new Error("--merchants: at least two merchants (a payment goes from one to another)");
-  const random = generator(opts.seed);
+  const random = prng(opts.seed);
   const pick = <T>(items: readonly T[]) => items[Math.floor(random() * items.length)]!;
   return Array.from({ length: opts.rows }, (_, i) => {
     const currency = pick(opts.currencies);
