@@ -128,7 +128,7 @@ export function paymentsRelay(opts: { upstreamUrl: string; merchants: Merchants;
 
     let up: http2.ClientHttp2Stream;
     try {
-      up = upstream.session().request(headers);
+      up = upstream.request(headers);
     } catch {
       return fail(Code.Unavailable, "payments is unavailable");
     }

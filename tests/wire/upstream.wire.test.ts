@@ -151,4 +151,35 @@ describe("upstreamTransport: an upstream name with several addresses (a headless
     await waitFor(async () => "127.0.0.2" in (await spread(6)), "127.0.0.2 back");
     expect(await spread(30)).toEqual({ "127.0.0.1": 10, "127.0.0.2": 10, "127.0.0.3": 10 });
   });
+
+  it("calls made before the name first resolves are answered (their session by name is not cut when it does)", async () => {
+    const port = new URL(servers[0]!.url).port;
+    let answer: (addresses: string[]) => void = () => {};
+    const resolution = new Promise<string[]>((r) => (answer = r));
+    const fx = upstreamClient(FxService, upstreamTransport(`http://localhost:${port}`, { resolve: () => resolution, resolveEveryMs: 60_000 }));
+    const first = fx.getRate({ baseCurrency: "USD", quoteCurrency: "EUR" }, { timeoutMs: 5_000 });
+    // The name resolves while that call's session (by name) is still connecting.
+    for (let i = 0; i < 10; i++) await null;
+    answer(["127.0.0.2"]);
+    expect((await first).rate?.midRate).toMatch(/^127\.0\.0\./);
+    expect((await fx.getRate({ baseCurrency: "USD", quoteCurrency: "EUR" })).rate?.midRate).toBe("127.0.0.2");
+  });
+
+  // Last: it shuts a replica down.
+  it("a replica that shuts down while the name still lists it (cached DNS) gets no more calls, and none fails", async () => {
+    const port = new URL(servers[0]!.url).port;
+    resolved = replicas;
+    const fx = upstreamClient(FxService, upstreamTransport(`http://replicas.paygate.test:${port}`, { resolve: async () => resolved, resolveEveryMs: 50 }));
+    const spread = async (calls: number) => {
+      const counts = new Map<string, number>();
+      for (let i = 0; i < calls; i++) {
+        const { rate } = await fx.getRate({ baseCurrency: "USD", quoteCurrency: "EUR" });
+        counts.set(rate!.midRate, (counts.get(rate!.midRate) ?? 0) + 1);
+      }
+      return Object.fromEntries([...counts].sort());
+    };
+    await waitFor(async () => Object.keys(await spread(6)).length === 3, "the name resolved to all three");
+    await servers[1]!.shutdown(); // GOAWAY, then no listener at 127.0.0.2
+    expect(await spread(30)).toEqual({ "127.0.0.1": 15, "127.0.0.3": 15 });
+  });
 });

@@ -9,12 +9,22 @@
 // (its session closed after its calls finish). A session is opened on first use and opened
 // again after it closes or its server sends GOAWAY (calls running on the old one finish
 // there). An upstream named by an IP address gets one session.
+//
+// A replica that is shutting down says GOAWAY while DNS answers (cached for up to their TTL,
+// 30 s on kind and in most clusters) may still list it: an address whose server said GOAWAY,
+// ended the session, or could not be reached is held out of the turn until the name no
+// longer resolves to it, or for HOLD_OUT_MS (the same replica back at the same address), so
+// calls are not sent to a replica that is gone.
 import { promises as dns } from "node:dns";
 import http2 from "node:http2";
 import net from "node:net";
 
 /** How often a host name is resolved again. */
 const RESOLVE_EVERY_MS = 5_000;
+/** The longest an address is held out of the turn (see above). */
+const HOLD_OUT_MS = 60_000;
+/** A session not connected by then is given up (an address that is gone can take minutes to fail). */
+const CONNECT_TIMEOUT_MS = 5_000;
 
 export type Resolver = (host: string) => Promise<string[]>;
 
@@ -25,12 +35,22 @@ const resolveAll: Resolver = async (host) => {
   return v4.length > 0 ? v4 : found;
 };
 
+/** A session and the calls running on it. */
+interface Connection {
+  session: http2.ClientHttp2Session;
+  calls: number;
+  /** No longer taken for new calls: closed once its last call ends. */
+  retired: boolean;
+}
+
 export class Http2Upstream {
   private readonly origin: string;
   private readonly port: number;
-  /** Sessions by address ("" for the one opened by name, before the name resolves). */
-  private readonly sessions = new Map<string, http2.ClientHttp2Session>();
+  /** Connections by address ("" for the one opened by name, before the name resolves). */
+  private readonly connections = new Map<string, Connection>();
   private addresses: string[] = [];
+  /** Addresses held out of the turn, with when they come back (performance.now()). */
+  private readonly heldOut = new Map<string, number>();
   private turn = 0;
   private readonly timer: NodeJS.Timeout | undefined;
 
@@ -46,38 +66,75 @@ export class Http2Upstream {
     this.timer = setInterval(refresh, opts.resolveEveryMs ?? RESOLVE_EVERY_MS).unref();
   }
 
-  /** The session for the next call. */
-  session(): http2.ClientHttp2Session {
-    const address = this.addresses.length > 0 ? this.addresses[this.turn++ % this.addresses.length]! : "";
-    const open = this.sessions.get(address);
-    if (open && !open.closed && !open.destroyed) return open;
-    const s = address === "" ? http2.connect(this.origin) : http2.connect(this.origin, { createConnection: () => net.connect({ host: address, port: this.port }) });
-    s.on("error", () => {}); // every stream on it fails with the error too, and is answered there
-    const forget = () => {
-      if (this.sessions.get(address) === s) this.sessions.delete(address);
-    };
-    s.once("close", forget);
-    s.once("goaway", forget);
-    this.sessions.set(address, s);
-    return s;
+  /** A call (an HTTP/2 stream) to the next address in turn; throws when no stream can be opened. */
+  request(headers: http2.OutgoingHttpHeaders): http2.ClientHttp2Stream {
+    const c = this.connection(this.nextAddress());
+    const stream = c.session.request(headers);
+    c.calls++;
+    stream.once("close", () => {
+      // Closing a session while a call's HEADERS wait to be sent would refuse that call: a
+      // retired session is closed only once its calls have ended.
+      if (--c.calls === 0 && c.retired) c.session.close();
+    });
+    return stream;
   }
 
-  /** Takes the addresses a resolution found; sessions to the others end once their calls have. */
+  private connection(address: string): Connection {
+    const open = this.connections.get(address);
+    if (open && !open.session.closed && !open.session.destroyed) return open;
+    const s = address === "" ? http2.connect(this.origin) : http2.connect(this.origin, { createConnection: () => net.connect({ host: address, port: this.port }) });
+    const c: Connection = { session: s, calls: 0, retired: false };
+    s.on("error", () => {}); // every stream on it fails with the error too, and is answered there
+    const connecting = setTimeout(() => s.destroy(new Error(`no connection within ${CONNECT_TIMEOUT_MS} ms`)), CONNECT_TIMEOUT_MS).unref();
+    s.once("connect", () => clearTimeout(connecting));
+    // Ended by the server or the network while still in use (this class takes a connection
+    // out of the map before retiring it): the address is held out.
+    const ended = () => {
+      clearTimeout(connecting);
+      if (this.connections.get(address) !== c) return;
+      this.connections.delete(address);
+      if (address !== "") this.heldOut.set(address, performance.now() + HOLD_OUT_MS);
+    };
+    s.once("close", ended);
+    s.once("goaway", ended);
+    this.connections.set(address, c);
+    return c;
+  }
+
+  /** The next address in turn that is not held out ("" while the name is unresolved or an IP). */
+  private nextAddress(): string {
+    const n = this.addresses.length;
+    if (n === 0) return "";
+    const now = performance.now();
+    for (let i = 0; i < n; i++) {
+      const address = this.addresses[this.turn++ % n]!;
+      const until = this.heldOut.get(address);
+      if (until === undefined) return address;
+      if (until <= now) {
+        this.heldOut.delete(address);
+        return address;
+      }
+    }
+    return this.addresses[this.turn++ % n]!; // all held out: one of them rather than none
+  }
+
+  /** Takes the addresses a resolution found; connections to the others end once their calls have. */
   private use(found: string[]): void {
     if (found.length === 0) return;
     this.addresses = [...new Set(found)].sort();
-    for (const [address, s] of this.sessions) {
-      if (!this.addresses.includes(address)) {
-        this.sessions.delete(address);
-        s.close();
-      }
-    }
+    for (const address of this.heldOut.keys()) if (!this.addresses.includes(address)) this.heldOut.delete(address);
+    for (const [address, c] of this.connections) if (!this.addresses.includes(address)) this.retire(address, c);
+  }
+
+  private retire(address: string, c: Connection): void {
+    this.connections.delete(address);
+    c.retired = true;
+    if (c.calls === 0) c.session.close();
   }
 
   close(): void {
     clearInterval(this.timer);
-    for (const s of this.sessions.values()) s.close();
-    this.sessions.clear();
+    for (const [address, c] of this.connections) this.retire(address, c);
   }
 }
 

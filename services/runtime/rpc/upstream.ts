@@ -46,15 +46,15 @@ export function upstreamTransport(baseUrl: string, sessions: ConstructorParamete
         signal,
         timeoutMs,
         req: { stream: false, service: method.parent, method, requestMethod: "POST", url: createMethodUrl(baseUrl, method), header: new Headers(header), contextValues: contextValues ?? createContextValues(), message },
-        next: (req) => unaryCall(upstream.session(), req, timeoutMs),
+        next: (req) => unaryCall(upstream, req, timeoutMs),
       });
     },
     stream: streams.stream,
   };
 }
 
-/** One unary call in the Connect protocol (binary) on `session`. */
-function unaryCall<I extends DescMessage, O extends DescMessage>(session: http2.ClientHttp2Session, req: UnaryRequest<I, O>, timeoutMs: number | undefined): Promise<UnaryResponse<I, O>> {
+/** One unary call in the Connect protocol (binary) to `upstream`. */
+function unaryCall<I extends DescMessage, O extends DescMessage>(upstream: Http2Upstream, req: UnaryRequest<I, O>, timeoutMs: number | undefined): Promise<UnaryResponse<I, O>> {
   const headers: http2.OutgoingHttpHeaders = { ":method": "POST", ":path": new URL(req.url).pathname };
   req.header.forEach((value, name) => (headers[name] = value));
   headers["content-type"] = "application/proto";
@@ -66,7 +66,7 @@ function unaryCall<I extends DescMessage, O extends DescMessage>(session: http2.
     if (req.signal.aborted) return reject(ConnectError.from(req.signal.reason, Code.Canceled));
     let stream: http2.ClientHttp2Stream;
     try {
-      stream = session.request(headers);
+      stream = upstream.request(headers);
     } catch (err) {
       return reject(new ConnectError(`${req.service.typeName} is unavailable`, Code.Unavailable, undefined, undefined, err));
     }
