@@ -76,19 +76,23 @@ debian_base() {
   fi
   "${PODMAN[@]}" import --change 'CMD ["/bin/bash"]' "$tar" "$DEBIAN_BASE" >/dev/null
 }
-# The Dockerfile's base: the real image when this machine has it, else the stand-in.
+# The Dockerfile's base: the real image when this machine has it, else the stand-in (made
+# again when its recipe changed: the recipe's hash is a label of the image).
+NODE_RECIPE=$(cat "$LC_DIR/standin/node/Dockerfile" /usr/bin/node | sha256sum | cut -c1-16)
+label() { "${PODMAN[@]}" image inspect --format "{{index .Labels \"$2\"}}" "$1" 2>/dev/null || true; }
+node_base_current() {
+  "${PODMAN[@]}" image exists "$NODE_BASE" &&
+    { [[ -z $(label "$NODE_BASE" org.paygate.local-cluster.stand-in) ]] ||
+      [[ $(label "$NODE_BASE" org.paygate.local-cluster.recipe) == "$NODE_RECIPE" ]]; }
+}
 node_base() {
-  if "${PODMAN[@]}" image exists "$NODE_BASE" &&
-    [[ -z $("${PODMAN[@]}" image inspect --format '{{index .Labels "org.paygate.local-cluster.stand-in"}}' "$NODE_BASE") ]]; then
-    say "using the real $NODE_BASE"
-    return 0
-  fi
   mkdir -p "$work/node"
   cp /usr/bin/node "$work/node/node"
   cp -a /usr/lib/node_modules/npm "$work/node/npm"
+  cp -L "${NODE_EXTRA_CA_CERTS:-/etc/ssl/certs/ca-certificates.crt}" "$work/node/ca-certificates.crt"
   cp "$LC_DIR/standin/node/Dockerfile" "$work/node/"
-  "${PODMAN_BUILD[@]}" -t "$NODE_BASE" "$work/node" >"$work/node-build.log" 2>&1 ||
-    { tail -30 "$work/node-build.log" >&2; return 1; }
+  "${PODMAN_BUILD[@]}" --label "org.paygate.local-cluster.recipe=$NODE_RECIPE" -t "$NODE_BASE" "$work/node" \
+    >"$work/node-build.log" 2>&1 || { tail -30 "$work/node-build.log" >&2; return 1; }
 }
 postgres_image() {
   "${PODMAN_BUILD[@]}" -t "docker.io/$POSTGRES_STANDIN" "$LC_DIR/standin/postgres" >"$work/pg-build.log" 2>&1 ||
@@ -123,7 +127,7 @@ STATE_LOG=${PAYGATE_K8S_LOGS:-$CACHE/logs}
 mkdir -p "$STATE_LOG"
 
 "${PODMAN[@]}" image exists "$DEBIAN_BASE" || timed "stand-in debian base" debian_base
-"${PODMAN[@]}" image exists "$NODE_BASE" || timed "stand-in node base" node_base
+node_base_current || timed "stand-in node base" node_base
 [[ -f $IMAGES/postgres-standin.tar ]] || timed "stand-in postgres image" postgres_image
 [[ ${SKIP_PAYGATE:-0} == 1 ]] || timed "image paygate" paygate_image
 if [[ ${SKIP_ADDONS:-0} != 1 ]]; then

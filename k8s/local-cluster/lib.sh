@@ -49,9 +49,9 @@ helm_kubectl_dir() {
   echo "$CACHE/bin/${HELM_PACKAGE//\//+}@$version"
 }
 
-# "[12s] message" on stderr, and the same line appended to $TIMINGS when set.
-T0=${T0:-$SECONDS}
-say() { echo "[$((SECONDS - T0))s] $*" >&2; }
+# "[12s] message" on stderr (seconds since T0, which run.sh exports to every script it runs).
+T0=${T0:-$(date +%s)}
+say() { echo "[$(($(date +%s) - T0))s] $*" >&2; }
 # record NAME SECONDS: prints a phase's time, and appends it to $TIMINGS when set.
 record() {
   say "$1: ${2}s"
@@ -63,4 +63,28 @@ timed() {
   shift
   "$@"
   record "$name" $((SECONDS - start))
+}
+
+# static_pv NAME: a 2Gi PersistentVolume without a class, on a host folder anyone may write
+# (hostPath volumes ignore fsGroup): the local cluster has no storage provisioner, and a claim
+# without a class binds to it, as the chart's PostgreSQL claim does where no default class is.
+static_pv() {
+  local dir=$STATE/volumes/$1
+  mkdir -p "$dir"
+  chmod 0777 "$dir"
+  kubectl apply -f - >/dev/null <<YAML
+apiVersion: v1
+kind: PersistentVolume
+metadata: {name: $1, labels: {paygate.dev/local-cluster: "true"}}
+spec:
+  capacity: {storage: 2Gi}
+  accessModes: [ReadWriteOnce]
+  persistentVolumeReclaimPolicy: Retain
+  hostPath: {path: $dir, type: Directory}
+YAML
+}
+# drop_pv NAME: the volume and its folder.
+drop_pv() {
+  kubectl delete pv "$1" --ignore-not-found --wait=true --timeout=60s >/dev/null
+  rm -rf "${STATE:?}/volumes/$1"
 }

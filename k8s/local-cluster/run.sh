@@ -10,13 +10,13 @@ export PAYGATE_K8S_LOGS=$CACHE/logs
 export TIMINGS=$PAYGATE_K8S_LOGS/timings.tsv
 mkdir -p "$PAYGATE_K8S_LOGS"
 : >"$TIMINGS"
-T0=$SECONDS
+T0=$(date +%s)
 export T0
 
 cleanup() {
   local status=$?
   timed "cluster down" "$LC_DIR/down.sh" || status=1
-  record "total" $((SECONDS - T0))
+  record "total" $(($(date +%s) - T0))
   echo "--- timings (s)"
   column -t -s $'\t' "$TIMINGS" || cat "$TIMINGS"
   exit "$status"
@@ -27,9 +27,9 @@ if [[ ! -d $REPO_ROOT/node_modules/$HELM_PACKAGE ]]; then
   timed "npm ci" bash -c "cd '$REPO_ROOT' && npm ci --no-audit --no-fund >/dev/null"
 fi
 timed "build (Go, cached)" "$LC_DIR/build.sh"
-timed "images" "$LC_DIR/images.sh"
 # A cluster left by an interrupted run is taken down first.
 "$LC_DIR/down.sh" >/dev/null 2>&1 || true
+timed "images" "$LC_DIR/images.sh"
 trap cleanup EXIT
 timed "cluster up" "$LC_DIR/up.sh" >"$PAYGATE_K8S_LOGS/up.txt"
 status=0

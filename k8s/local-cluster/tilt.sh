@@ -8,10 +8,12 @@
 #   - Tilt v$TILT_VERSION built from source (headless: the module has no web assets, so a stub
 #     page is embedded and Tilt runs with --web-mode prod);
 #   - the Docker API: podman's API service (runc, the host's network for RUN steps);
-#   - kind: the kube context is named kind-paygate, as kind-config.yaml's cluster would be, and
+#   - kind: the kube context and cluster are named kind-paygate, as kind-config.yaml's would be, and
 #     a `kind` on PATH whose `load docker-image` copies the image from podman into containerd;
 #   - registry.k8s.io/metrics-server/metrics-server:v0.8.0 (k8s/metrics-server.yaml) is the
-#     metrics-server build.sh made from the same version.
+#     metrics-server build.sh made from the same version;
+#   - postgres:17.6-bookworm is the STAND-IN of standin/postgres (Debian's PostgreSQL 15), and
+#     its claim gets a volume made here (no storage provisioner).
 # The Tiltfile runs in a copy of the repository's files (its proto resource regenerates
 # services/gen), which is removed afterwards, as is everything Tilt deployed (tilt down).
 set -euo pipefail
@@ -78,15 +80,23 @@ stop_podman() {
 }
 
 # ---- kind: the context's name, and `kind load docker-image` --------------------------------
-cp "$KUBECONFIG_ADMIN" "$W/kubeconfig"
-"$HK/kubectl" --kubeconfig "$W/kubeconfig" config rename-context paygate-local kind-paygate >/dev/null
+# Tilt knows kind by the name of the context's cluster (kind-<name>).
+sed 's/paygate-local/kind-paygate/g' "$KUBECONFIG_ADMIN" >"$W/kubeconfig"
 cat >"$W/bin/kind" <<KIND
 #!/usr/bin/env bash
 # kind for Tilt on the local cluster: load docker-image copies an image from podman into the
 # cluster's containerd; the cluster is "paygate".
 set -euo pipefail
 case "\${1:-} \${2:-}" in
-  "load docker-image") podman save --format docker-archive "\$3" | ctr -a "$CSOCK" -n k8s.io images import - >&2 ;;
+  "load docker-image")
+    # As the kubelet names it: podman would store a short name under localhost/.
+    ref=\$3
+    case "\$ref" in
+      */*) [[ \${ref%%/*} == *[.:]* || \${ref%%/*} == localhost ]] || ref=docker.io/\$ref ;;
+      *) ref=docker.io/library/\$ref ;;
+    esac
+    podman --runtime runc tag "\$3" "\$ref"
+    podman --runtime runc save --format docker-archive "\$ref" | ctr -a "$CSOCK" -n k8s.io images import - >&2 ;;
   "get clusters") echo paygate ;;
   "version "*) echo "kind v0.27.0 go1.24 linux/amd64" ;;
 esac
@@ -94,6 +104,12 @@ KIND
 chmod +x "$W/bin/kind"
 ctr -a "$CSOCK" -n k8s.io images tag --force "docker.io/local/metrics-server:v$METRICS_SERVER_VERSION" \
   "registry.k8s.io/metrics-server/metrics-server:v$METRICS_SERVER_VERSION" >/dev/null
+# k8s/paygate-dev-values.yaml keeps the chart's PostgreSQL image and its persistence: for this
+# run only, the STAND-IN PostgreSQL (standin/postgres, Debian's PostgreSQL 15) is tagged in the
+# cluster's containerd with the official name postgres:17.6-bookworm, and a volume is made for
+# its claim (no storage provisioner here).
+ctr -a "$CSOCK" -n k8s.io images tag --force docker.io/local/postgres-standin:15-"$DEBIAN_SUITE" \
+  docker.io/library/postgres:17.6-bookworm >/dev/null
 
 # ---- tilt ci in a copy of the repository -------------------------------------------------------
 rm -rf "$W/src" && mkdir -p "$W/src"
@@ -102,11 +118,15 @@ ln -s "$REPO_ROOT/node_modules" "$W/src/node_modules"
 export PATH=$W/bin:$TILT_DIR:$HK:$PATH KUBECONFIG=$W/kubeconfig DOCKER_HOST=unix://$PODMAN_SOCK DOCKER_BUILDKIT=0
 export TILT_DISABLE_ANALYTICS=1 HOME=$W/home
 mkdir -p "$HOME"
+static_pv paygate-tilt-postgresql
 status=0
 (cd "$W/src" && timeout 1200 tilt ci --timeout 15m --web-mode prod --port 10351 -- --no-monitoring) >"$W/tilt-ci.log" 2>&1 || status=$?
 tail -40 "$W/tilt-ci.log"
 (cd "$W/src" && timeout 300 tilt down --delete-namespaces=false -- --no-monitoring) >"$W/tilt-down.log" 2>&1 || true
 stop_podman
+# The stand-in's official name goes with the run; so does the volume.
+ctr -a "$CSOCK" -n k8s.io images rm docker.io/library/postgres:17.6-bookworm >/dev/null 2>&1 || true
+drop_pv paygate-tilt-postgresql
 cp "$W/tilt-ci.log" "${PAYGATE_K8S_LOGS:-$CACHE/logs}/tilt-ci.log" 2>/dev/null || true
 rm -rf "$W/src"
 if ((status == 0)); then say "tilt ci: passed"; else say "tilt ci: FAILED ($status)"; fi
