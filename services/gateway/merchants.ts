@@ -2,6 +2,7 @@
 // database does not leak usable keys; lookups are cached briefly to keep auth off the
 // database on the hot path.
 import { createHash, randomBytes } from "node:crypto";
+import { LRUCache } from "lru-cache";
 import type { Database } from "../runtime/db/database.js";
 import { DomainError } from "../runtime/errors.js";
 
@@ -17,13 +18,37 @@ const hashKey = (key: string) => createHash("sha256").update(key).digest("hex");
 /** A new random API key for a merchant: "pgk_<merchant>_<32 random hex>". */
 export const newApiKey = (merchantId: string) => `pgk_${merchantId}_${randomBytes(16).toString("hex")}`;
 
+/** Who owns an API key: its merchant, or none (an unknown or revoked key). */
+interface KeyOwner {
+  merchant: Merchant | undefined;
+}
+
 export class Merchants {
-  private readonly cache = new Map<string, { merchant: Merchant | undefined; until: number }>();
+  /**
+   * Owners by key hash, for `cacheMs` after each was read, unknown and revoked keys too:
+   * bounded, whatever keys are tried. A failed read is not kept. Concurrent misses for one
+   * key share one read.
+   */
+  private readonly owners: LRUCache<string, KeyOwner>;
 
   constructor(
     private readonly db: Database,
-    private readonly cacheMs = 30_000,
-  ) {}
+    cacheMs = 30_000,
+  ) {
+    this.owners = new LRUCache<string, KeyOwner>({
+      max: MAX_CACHED,
+      ttl: cacheMs,
+      // A read evicted while in flight still answers the requests waiting for it.
+      ignoreFetchAbort: true,
+      fetchMethod: async (hash) => {
+        const { rows } = await db.query<Merchant>(
+          "SELECT m.id, m.name FROM api_keys k JOIN merchants m ON m.id = k.merchant_id WHERE k.key_hash = $1 AND k.revoked_at IS NULL",
+          [hash],
+        );
+        return { merchant: rows[0] };
+      },
+    });
+  }
 
   /** Creates the merchant if missing and registers `apiKey` for it (both idempotent). */
   async ensure(merchant: Merchant, apiKey: string): Promise<void> {
@@ -40,18 +65,7 @@ export class Merchants {
   /** The merchant owning `apiKey`; UNAUTHENTICATED when there is none or it is revoked. */
   async authenticate(apiKey: string | undefined): Promise<Merchant> {
     if (!apiKey) throw unauthenticated("an API key is required: send 'Authorization: Bearer <key>'");
-    const hash = hashKey(apiKey);
-    const cached = this.cache.get(hash);
-    let merchant = cached && cached.until > Date.now() ? cached.merchant : undefined;
-    if (!cached || cached.until <= Date.now()) {
-      const { rows } = await this.db.query<Merchant>(
-        "SELECT m.id, m.name FROM api_keys k JOIN merchants m ON m.id = k.merchant_id WHERE k.key_hash = $1 AND k.revoked_at IS NULL",
-        [hash],
-      );
-      merchant = rows[0];
-      if (this.cache.size >= MAX_CACHED) this.cache.clear(); // bounded, whatever keys are tried
-      this.cache.set(hash, { merchant, until: Date.now() + this.cacheMs });
-    }
+    const merchant = (await this.owners.fetch(hashKey(apiKey)))?.merchant;
     if (!merchant) throw unauthenticated("the API key is not valid");
     return merchant;
   }

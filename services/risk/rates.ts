@@ -7,12 +7,13 @@
 // default market moves at most 5 bp per 500 ms tick, so under 0.5 % in 5 s) is fine. The
 // money path never uses these rates: payments converts through fx's quotes.
 import { Code, ConnectError, type Client, type HandlerContext } from "@connectrpc/connect";
+import { LRUCache } from "lru-cache";
 import { ErrorDetailSchema } from "../gen/paygate/common/v1/common_pb.js";
 import type { FxService } from "../gen/paygate/fx/v1/fx_pb.js";
 import { convertMinor } from "../runtime/money/conversion.js";
 import { parseDecimal, type Decimal } from "../runtime/money/decimal.js";
 import { invalidArgument } from "../runtime/errors.js";
-import { currencyInfo, MAX_MINOR } from "../runtime/money/money.js";
+import { allCurrencies, currencyInfo, MAX_MINOR } from "../runtime/money/money.js";
 import { downstream } from "../runtime/rpc/upstream.js";
 
 export interface BaseRatesDeps {
@@ -24,18 +25,34 @@ export interface BaseRatesDeps {
   now: () => Date;
 }
 
-/** A GetRate call in flight, shared by every Score that misses the cache for that currency meanwhile. */
-interface Fetch {
-  rate: Promise<Decimal>;
-  /** Whether it failed because the Score that started it gave up (its deadline or cancellation). */
-  endedByItsCaller(err: unknown): boolean;
+/** A GetRate call that failed because the Score that started it gave up (its deadline or cancellation). */
+class EndedByItsCaller extends Error {
+  constructor(
+    readonly caller: HandlerContext,
+    override readonly cause: unknown,
+  ) {
+    super("the Score that asked fx for this rate gave up");
+  }
 }
 
 export class BaseRates {
-  private readonly cache = new Map<string, { rate: Decimal; fetchedAt: number }>();
-  private readonly inFlight = new Map<string, Fetch>();
+  /**
+   * Mid rates to the base currency: one per currency (every ISO 4217 currency fits, none is
+   * evicted), each for `maxAgeMs` after its GetRate started. Scores that miss the same
+   * currency meanwhile share one GetRate, made with the deadline and cancellation of the
+   * Score that started it. A failed call is not kept.
+   */
+  private readonly rates: LRUCache<string, Decimal, HandlerContext>;
 
-  constructor(private readonly deps: BaseRatesDeps) {}
+  constructor(private readonly deps: BaseRatesDeps) {
+    this.rates = new LRUCache<string, Decimal, HandlerContext>({
+      max: allCurrencies().length,
+      // Ages on the clock Scores are dated by, read at every lookup (not once per millisecond).
+      perf: { now: () => deps.now().getTime() },
+      ttlResolution: 0,
+      fetchMethod: (currency, _stale, { options, context }) => this.fetch(currency, context, options),
+    });
+  }
 
   /** The amount in the base currency, or undefined when fx cannot be reached and no fresh rate is cached. */
   async baseAmount(currency: string, amountMinor: bigint, ctx: HandlerContext): Promise<bigint | undefined> {
@@ -54,17 +71,17 @@ export class BaseRates {
 
   private async rate(currency: string, ctx: HandlerContext): Promise<Decimal | undefined> {
     for (;;) {
-      const cached = this.cache.get(currency);
-      if (cached && this.deps.now().getTime() - cached.fetchedAt < this.deps.maxAgeMs) return cached.rate;
-      const joined = this.inFlight.get(currency);
-      const fetch = joined ?? this.fetch(currency, ctx);
+      // With a max age of 0 nothing kept is fresh: every Score asks fx (or joins a call in flight).
+      const fetched = this.rates.fetch(currency, { context: ctx, forceRefresh: this.deps.maxAgeMs === 0 });
       try {
-        return await untilAborted(fetch.rate, ctx.signal);
-      } catch (err) {
+        return await untilAborted(fetched, ctx.signal);
+      } catch (thrown) {
+        const endedByCaller = thrown instanceof EndedByItsCaller ? thrown : undefined;
+        const err = endedByCaller ? endedByCaller.cause : thrown;
         if (ctx.signal.aborted) throw err;
-        if (fetch.endedByItsCaller(err)) {
+        if (endedByCaller) {
           // Our own caller giving up is not fx being down: no decision is recorded then.
-          if (!joined) throw err;
+          if (endedByCaller.caller === ctx) throw err;
           continue; // another Score's caller gave up, not fx: fetch again
         }
         if (err instanceof ConnectError && (err.code === Code.Unavailable || err.code === Code.DeadlineExceeded)) return undefined;
@@ -73,7 +90,8 @@ export class BaseRates {
     }
   }
 
-  private fetch(currency: string, ctx: HandlerContext): Fetch {
+  /** One GetRate for `currency` on behalf of the Score `ctx`; sets how long its answer stays fresh in `kept.ttl`. */
+  private async fetch(currency: string, ctx: HandlerContext, kept: { ttl?: number }): Promise<Decimal> {
     const fetchedAt = this.deps.now().getTime();
     const options = downstream(ctx, this.deps.upstreamTimeoutMs);
     // Read after `options` (it only shrinks): fx got all the time our caller has left, so fx
@@ -82,21 +100,20 @@ export class BaseRates {
     // caller's deadline counts as the caller's.
     const callerRemainingMs = ctx.timeoutMs();
     const boundByCaller = callerRemainingMs !== undefined && (options.timeoutMs ?? Infinity) >= callerRemainingMs;
-    const rate = this.deps.fx
-      .getRate({ baseCurrency: currency, quoteCurrency: this.deps.baseCurrency }, options)
-      .then((res) => {
-        if (!res.rate) throw new Error("fx returned no rate");
-        const mid = parseDecimal(res.rate.midRate, "mid_rate");
-        this.cache.set(currency, { rate: mid, fetchedAt });
-        return mid;
-      }, asScoreError)
-      .finally(() => this.inFlight.delete(currency));
-    const fetch: Fetch = {
-      rate,
-      endedByItsCaller: (err) => ctx.signal.aborted || (boundByCaller && err instanceof ConnectError && err.code === Code.DeadlineExceeded),
-    };
-    this.inFlight.set(currency, fetch);
-    return fetch;
+    try {
+      const res = await this.deps.fx.getRate({ baseCurrency: currency, quoteCurrency: this.deps.baseCurrency }, options).catch(asScoreError);
+      if (!res.rate) throw new Error("fx returned no rate");
+      const mid = parseDecimal(res.rate.midRate, "mid_rate");
+      // Too old once maxAgeMs have passed since the call started. lru-cache counts an entry stale
+      // once more than `ttl` ms have passed since it was stored, so on this whole-millisecond
+      // clock `ttl` is what is left of maxAgeMs less 1 (at least 1 ms: lru-cache reads 0 as
+      // "never stale").
+      kept.ttl = Math.max(1, fetchedAt + this.deps.maxAgeMs - 1 - this.deps.now().getTime());
+      return mid;
+    } catch (err) {
+      if (ctx.signal.aborted || (boundByCaller && err instanceof ConnectError && err.code === Code.DeadlineExceeded)) throw new EndedByItsCaller(ctx, err);
+      throw err;
+    }
   }
 }
 

@@ -5,6 +5,7 @@
 // an account is kept, so its next decision needs no read: recorded only if the account is
 // still at the version kept, it is as exact as one made from a read.
 import { Code, ConnectError } from "@connectrpc/connect";
+import { LRUCache } from "lru-cache";
 import { SQLSTATE, sqlState, type Database, type Queryable } from "../runtime/db/database.js";
 import type { Outcome, Reason } from "./rules.js";
 
@@ -95,13 +96,19 @@ interface AccountState {
   recent: { at: Date; baseMinor: bigint | null; paymentId: string }[];
 }
 
-/** How many accounts' states a store keeps before starting afresh. */
+/** How many accounts' states a store keeps: those scored least recently make way. */
 const STATES_KEPT = 10_000;
 
 export class DecisionStore {
-  private readonly states = new Map<string, AccountState>();
+  /** Per account, its state as this store last read or recorded it; `statesKept` at most. */
+  private readonly states: LRUCache<string, AccountState>;
 
-  constructor(private readonly db: Database) {}
+  constructor(
+    private readonly db: Database,
+    statesKept = STATES_KEPT,
+  ) {
+    this.states = new LRUCache<string, AccountState>({ max: statesKept });
+  }
 
   async byId(id: string): Promise<DecisionRecord | undefined> {
     return one(this.db, "SELECT * FROM decisions WHERE id = $1", [id]);
@@ -162,7 +169,6 @@ export class DecisionStore {
     if (!recorded || !keep) return recorded;
     const oldest = Math.min(...windows.map((w) => w.getTime()));
     const recent = [...state.recent, { at: d.createdAt, baseMinor: d.baseAmountMinor, paymentId: d.paymentId }].filter((r) => r.at.getTime() > oldest);
-    if (this.states.size >= STATES_KEPT) this.states.clear();
     this.states.set(accountId, { version: state.version + 1n, firstSeen: state.firstSeen ?? d.createdAt, recent });
     return true;
   }

@@ -32,7 +32,7 @@ import { openDatabase, type Database, type Queryable } from "../../services/runt
 import { errorMapping } from "../../services/runtime/rpc/interceptors.js";
 import { createLogger } from "../../services/runtime/observability/logger.js";
 import { migrate } from "../../services/runtime/db/migrate.js";
-import { money } from "../../services/runtime/money/money.js";
+import { allCurrencies, money } from "../../services/runtime/money/money.js";
 import { storageBackends, testDatabases } from "../support/postgres.js";
 import { stringify } from "yaml";
 
@@ -632,6 +632,20 @@ describe.each(storageBackends())("risk service on $name", (backend) => {
       expect(codes(await h.score({ amount: money("USD", 1n) }))).toEqual(["VELOCITY_SUM"]);
     });
 
+    it("a store keeps the states of the accounts it scored most recently, as many as it may", async () => {
+      const h = harness({ store: new DecisionStore(logged(riskDb, statements), 2) });
+      const kind = (sql: string) => (sql.includes("INSERT INTO decisions") ? "insert" : "read");
+      const [a, b, c] = [`acc_${uid()}`, `acc_${uid()}`, `acc_${uid()}`];
+      for (const accountId of [a, b, a, c]) await h.score({ accountId }); // c's state takes b's place
+      statements.length = 0;
+      await h.score({ accountId: a });
+      await h.score({ accountId: c });
+      expect(statements.map(kind)).toEqual(["insert", "insert"]);
+      statements.length = 0;
+      await h.score({ accountId: b });
+      expect(statements.map(kind)).toEqual(["read", "insert"]);
+    });
+
     it("a retry of a payment scored before the kept window still gets its recorded decision", async () => {
       const h = harness({ rules: { rules: { velocity: [{ window: "1m", maxCount: 5, points: 40 }] } } });
       const paymentId = `pay_${uid()}`;
@@ -802,6 +816,21 @@ describe("BaseRates", () => {
     expect(fx.calls).toHaveLength(3);
     fx.calls[2]!.answer("1.0845");
     expect(await again).toBe(1084n);
+  });
+
+  it("keeps a rate for every currency: none gives way to another", async () => {
+    const fx = slowFx();
+    const r = rates(fx.client);
+    const currencies = allCurrencies().map((c) => c.code).filter((c) => c !== "USD");
+    for (const currency of currencies) {
+      const converted = r.baseAmount(currency, 1n, context());
+      fx.calls.at(-1)!.answer("1");
+      await converted;
+    }
+    expect(fx.calls).toHaveLength(currencies.length);
+    const again = currencies.map((currency) => r.baseAmount(currency, 1n, context()));
+    expect(fx.calls).toHaveLength(currencies.length);
+    await Promise.all(again);
   });
 
   it("the base currency needs no rate", async () => {
