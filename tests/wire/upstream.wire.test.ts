@@ -2,7 +2,10 @@
 // against a real server: answers with their headers and trailers, errors with their code,
 // message and details, the deadline and the caller's cancellation reaching the server, an
 // upstream that is not there, and one that comes back after a restart on the same port.
+import http2 from "node:http2";
+import net from "node:net";
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
+import { connectNodeAdapter } from "@connectrpc/connect-node";
 import { Code, ConnectError, type ConnectRouter, type HandlerContext } from "@connectrpc/connect";
 import { ErrorDetailSchema } from "../../services/gen/paygate/common/v1/common_pb.js";
 import { FxService, type GetRateRequest } from "../../services/gen/paygate/fx/v1/fx_pb.js";
@@ -181,5 +184,38 @@ describe("upstreamTransport: an upstream name with several addresses (a headless
     await waitFor(async () => Object.keys(await spread(6)).length === 3, "the name resolved to all three");
     await servers[1]!.shutdown(); // GOAWAY, then no listener at 127.0.0.2
     expect(await spread(30)).toEqual({ "127.0.0.1": 15, "127.0.0.3": 15 });
+  });
+});
+
+describe("upstreamTransport: keep-alive", () => {
+  it("a connection whose peer stops answering (no FIN, no RST) is ended by an unanswered PING, and the next call gets through on a new one", async () => {
+    const server = http2.createServer(connectNodeAdapter({ routes: (router) => router.service(FxService, { getRate: async () => ({ rate: { midRate: "1" } }) }) }));
+    const serverPort = await freePort();
+    await new Promise<void>((r) => server.listen(serverPort, "127.0.0.1", r));
+    // A TCP relay in front of the server that can go silent on the connections it has.
+    const relayed: { client: net.Socket; upstream: net.Socket }[] = [];
+    const relay = net.createServer((client) => {
+      const upstream = net.connect(serverPort, "127.0.0.1");
+      client.pipe(upstream).pipe(client);
+      relayed.push({ client, upstream });
+    });
+    const port = await freePort();
+    await new Promise<void>((r) => relay.listen(port, "127.0.0.1", r));
+    try {
+      const fx = upstreamClient(FxService, upstreamTransport(`http://127.0.0.1:${port}`, { pingEveryMs: 50, pingTimeoutMs: 150 }));
+      expect((await fx.getRate({ baseCurrency: "USD" })).rate?.midRate).toBe("1");
+      // The peer goes silent on that connection (a vanished host): nothing passes either way.
+      for (const { client, upstream } of relayed) {
+        client.unpipe(upstream);
+        upstream.unpipe(client);
+      }
+      await new Promise((r) => setTimeout(r, 400));
+      expect((await fx.getRate({ baseCurrency: "USD" }, { timeoutMs: 3_000 })).rate?.midRate).toBe("1");
+      expect(relayed.length).toBe(2);
+    } finally {
+      for (const { client, upstream } of relayed) client.destroy(), upstream.destroy();
+      await new Promise((r) => relay.close(r));
+      await new Promise((r) => server.close(r));
+    }
   });
 });

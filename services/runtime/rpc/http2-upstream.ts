@@ -15,6 +15,10 @@
 // ended the session, or could not be reached is held out of the turn until the name no
 // longer resolves to it, or for HOLD_OUT_MS (the same replica back at the same address), so
 // calls are not sent to a replica that is gone.
+//
+// Each session sends a PING every few seconds; one not answered in time ends the session (a
+// peer that vanished without closing the connection would otherwise hold calls until their
+// deadlines), and the next call opens a new one.
 import { promises as dns } from "node:dns";
 import http2 from "node:http2";
 import net from "node:net";
@@ -25,6 +29,16 @@ const RESOLVE_EVERY_MS = 5_000;
 const HOLD_OUT_MS = 60_000;
 /** A session not connected by then is given up (an address that is gone can take minutes to fail). */
 const CONNECT_TIMEOUT_MS = 5_000;
+/** Keep-alive: a PING this often, and the session ended when one is not answered in time. */
+const PING_EVERY_MS = 15_000;
+const PING_TIMEOUT_MS = 10_000;
+
+export interface Http2UpstreamOptions {
+  resolve?: Resolver;
+  resolveEveryMs?: number;
+  pingEveryMs?: number;
+  pingTimeoutMs?: number;
+}
 
 export type Resolver = (host: string) => Promise<string[]>;
 
@@ -53,8 +67,12 @@ export class Http2Upstream {
   private readonly heldOut = new Map<string, number>();
   private turn = 0;
   private readonly timer: NodeJS.Timeout | undefined;
+  private readonly pingEveryMs: number;
+  private readonly pingTimeoutMs: number;
 
-  constructor(url: string, opts: { resolve?: Resolver; resolveEveryMs?: number } = {}) {
+  constructor(url: string, opts: Http2UpstreamOptions = {}) {
+    this.pingEveryMs = opts.pingEveryMs ?? PING_EVERY_MS;
+    this.pingTimeoutMs = opts.pingTimeoutMs ?? PING_TIMEOUT_MS;
     const target = new URL(url);
     this.origin = target.origin;
     this.port = Number(target.port || 80);
@@ -87,10 +105,12 @@ export class Http2Upstream {
     s.on("error", () => {}); // every stream on it fails with the error too, and is answered there
     const connecting = setTimeout(() => s.destroy(new Error(`no connection within ${CONNECT_TIMEOUT_MS} ms`)), CONNECT_TIMEOUT_MS).unref();
     s.once("connect", () => clearTimeout(connecting));
+    const keepAlive = setInterval(() => this.ping(s), this.pingEveryMs).unref();
     // Ended by the server or the network while still in use (this class takes a connection
     // out of the map before retiring it): the address is held out.
     const ended = () => {
       clearTimeout(connecting);
+      clearInterval(keepAlive);
       if (this.connections.get(address) !== c) return;
       this.connections.delete(address);
       if (address !== "") this.heldOut.set(address, performance.now() + HOLD_OUT_MS);
@@ -99,6 +119,17 @@ export class Http2Upstream {
     s.once("goaway", ended);
     this.connections.set(address, c);
     return c;
+  }
+
+  /** A PING on `s`; no answer within pingTimeoutMs ends it. */
+  private ping(s: http2.ClientHttp2Session): void {
+    if (s.connecting || s.closed || s.destroyed) return;
+    const unanswered = setTimeout(() => s.destroy(new Error(`no PING answer within ${this.pingTimeoutMs} ms`)), this.pingTimeoutMs).unref();
+    const sent = s.ping((err) => {
+      clearTimeout(unanswered);
+      if (err && !s.destroyed) s.destroy(err);
+    });
+    if (!sent) clearTimeout(unanswered); // earlier PINGs still out: their timers decide
   }
 
   /** The next address in turn that is not held out ("" while the name is unresolved or an IP). */
