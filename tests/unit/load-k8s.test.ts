@@ -1,0 +1,163 @@
+// npm run load:k8s (scripts/load-k8s.ts) without a cluster: the objects it creates (their
+// schema, the restricted security context of the chart's own pods, one attempt, a TTL, labels
+// that keep the chart's NetworkPolicies off the Job), its cleanup against a stand-in API, and
+// its refusal of bad options before it touches any cluster.
+import { spawn } from "node:child_process";
+import { ApiException, type V1Pod } from "@kubernetes/client-node";
+import { Job } from "kubernetes-models/batch/v1/Job";
+import { ConfigMap } from "kubernetes-models/v1/ConfigMap";
+import { Secret } from "kubernetes-models/v1/Secret";
+import { parseAllDocuments } from "yaml";
+import { describe, expect, it, vi } from "vitest";
+import { chartFullname, cleanup, exitCodeOf, loadJobObjects, type CleanupApi, type LoadJobOptions } from "../../scripts/load-k8s.js";
+import { helm } from "../k8s/helm.js";
+import { repoRoot } from "../support/stack.js";
+
+vi.setConfig({ testTimeout: 60_000 });
+
+const options: LoadJobOptions = {
+  name: "paygate-load-0a1b2c3d",
+  namespace: "paygate",
+  image: "paygate:0.1.0",
+  imagePullPolicy: "IfNotPresent",
+  target: "http://paygate-gateway.paygate.svc.cluster.local:8080",
+  script: "csv",
+  csvName: "dummy_transactions.csv",
+  csv: "id,currency,amount,source_account,destination_account\nD-1,USD,1.00,acme_usd,globex_usd\n",
+  env: { VUS: "4", DURATION: "30s", THRESHOLDS: "p(95)<500" },
+  apiKey: "pgk_test_key",
+  activeDeadlineSeconds: 330,
+};
+
+describe("load:k8s objects", () => {
+  const { configMap, secret, job } = loadJobObjects(options);
+  const pod = job.spec!.template.spec!;
+  const container = pod.containers[0]!;
+
+  it("are valid Kubernetes objects", () => {
+    expect(() => new Job(job as never).validate()).not.toThrow();
+    expect(() => new ConfigMap(configMap as never).validate()).not.toThrow();
+    expect(() => new Secret(secret as never).validate()).not.toThrow();
+  });
+
+  it("run the runner from Paygate's image against the gateway Service, with the CSV from the ConfigMap and the key from the Secret", () => {
+    expect(container.image).toBe("paygate:0.1.0");
+    expect(container.command).toEqual(["node", "dist/services/loadtest/main.js"]);
+    const env = Object.fromEntries(container.env!.map((e) => [e.name, e.value ?? e.valueFrom]));
+    expect(env).toEqual({
+      PAYMENTS: options.target,
+      SCRIPT: "csv",
+      CSV_PATH: "/load/dummy_transactions.csv",
+      VUS: "4",
+      DURATION: "30s",
+      THRESHOLDS: "p(95)<500",
+      API_KEY: { secretKeyRef: { name: options.name, key: "API_KEY" } },
+    });
+    expect(configMap.data).toEqual({ "dummy_transactions.csv": options.csv });
+    expect(secret!.stringData).toEqual({ API_KEY: "pgk_test_key" });
+    expect(container.volumeMounts).toContainEqual({ name: "load", mountPath: "/load", readOnly: true });
+    expect(pod.volumes).toContainEqual({ name: "load", configMap: { name: options.name } });
+  });
+
+  it("a script module goes into the ConfigMap as script.mjs and is what the runner runs; no key, no Secret", () => {
+    const withModule = loadJobObjects({ ...options, script: "mix.js", module: { fileName: "script.mjs", text: "export const protocol = 'rest';" }, apiKey: undefined });
+    expect(withModule.configMap.data).toMatchObject({ "script.mjs": "export const protocol = 'rest';", "dummy_transactions.csv": options.csv });
+    expect(withModule.secret).toBeUndefined();
+    const env = withModule.job.spec!.template.spec!.containers[0]!.env!;
+    expect(env.find((e) => e.name === "SCRIPT")?.value).toBe("/load/script.mjs");
+    expect(env.some((e) => e.name === "API_KEY")).toBe(false);
+  });
+
+  it("one attempt, bounded in time, removed after a while even if load:k8s is not there to delete it", () => {
+    expect(job.spec).toMatchObject({ backoffLimit: 0, activeDeadlineSeconds: 330, ttlSecondsAfterFinished: 600 });
+    expect(pod).toMatchObject({ restartPolicy: "Never", automountServiceAccountToken: false, enableServiceLinks: false });
+  });
+
+  it("labels every object and the pod as the run's, never as the release's (whose NetworkPolicies would cut the Job off)", () => {
+    const labels = { "app.kubernetes.io/name": "paygate-load", "app.kubernetes.io/instance": options.name, "app.kubernetes.io/managed-by": "paygate-load-k8s", "app.kubernetes.io/part-of": "paygate", "app.kubernetes.io/component": "load" };
+    for (const o of [configMap, secret!, job]) expect(o.metadata).toEqual({ name: options.name, namespace: "paygate", labels });
+    expect(job.spec!.template.metadata!.labels).toEqual(labels);
+  });
+
+  it("has the security context of the chart's own pods (restricted Pod Security Standard, read-only root, /tmp an emptyDir)", async () => {
+    const out = await helm(["template", "paygate", "charts/paygate", "--namespace", "paygate"]);
+    expect(out.stderr).toBe("");
+    const gateway = parseAllDocuments(out.stdout)
+      .map((d) => d.toJS() as { kind?: string; metadata?: { name?: string }; spec?: { template: { spec: { securityContext: unknown; containers: { securityContext: unknown }[] } } } })
+      .find((o) => o?.kind === "Deployment" && o.metadata?.name === "paygate-gateway")!;
+    expect(pod.securityContext).toEqual(gateway.spec!.template.spec.securityContext);
+    expect(container.securityContext).toEqual(gateway.spec!.template.spec.containers[0]!.securityContext);
+    expect(container.securityContext).toMatchObject({ readOnlyRootFilesystem: true, allowPrivilegeEscalation: false, runAsNonRoot: true, capabilities: { drop: ["ALL"] } });
+    expect(container.volumeMounts).toContainEqual({ name: "tmp", mountPath: "/tmp" });
+    expect(pod.volumes).toContainEqual({ name: "tmp", emptyDir: {} });
+  });
+
+  it("aims at the chart's gateway Service name for any release", () => {
+    expect(chartFullname("paygate")).toBe("paygate");
+    expect(chartFullname("staging")).toBe("staging-paygate");
+    expect(chartFullname("paygate-canary")).toBe("paygate-canary");
+  });
+
+  it("takes the runner's exit code from the ended container only", () => {
+    const pod = (state: object): V1Pod => ({ status: { containerStatuses: [{ name: "load", state, image: "", imageID: "", ready: false, restartCount: 0 }] } });
+    expect(exitCodeOf(pod({ terminated: { exitCode: 99 } }))).toBe(99);
+    expect(exitCodeOf(pod({ terminated: { exitCode: 0 } }))).toBe(0);
+    expect(exitCodeOf(pod({ running: {} }))).toBeUndefined();
+    expect(exitCodeOf(undefined)).toBeUndefined();
+  });
+});
+
+describe("load:k8s cleanup", () => {
+  /** A stand-in API that records the calls; `fail` makes a delete answer with that HTTP code. */
+  function fakeApi(fail: Record<string, number>, podsLeft: number[]) {
+    const calls: string[] = [];
+    const call = (what: string) => {
+      calls.push(what);
+      const code = fail[what.split(" ")[0]!];
+      return code ? Promise.reject(new ApiException(code, `HTTP-Code: ${code}`, { message: `${what.split(" ")[0]} refused` }, {})) : Promise.resolve({});
+    };
+    const api: CleanupApi = {
+      deleteNamespacedJob: (p) => call(`job ${p.namespace}/${p.name} ${p.propagationPolicy}`),
+      deleteCollectionNamespacedPod: (p) => call(`pods ${p.namespace} ${p.labelSelector}`),
+      deleteNamespacedConfigMap: (p) => call(`configmap ${p.namespace}/${p.name}`),
+      deleteNamespacedSecret: (p) => call(`secret ${p.namespace}/${p.name}`),
+      listNamespacedPod: () => Promise.resolve({ items: Array.from({ length: podsLeft.shift() ?? 0 }, () => ({})) }),
+    };
+    return { api, calls };
+  }
+
+  it("deletes the Job (with its pods), the ConfigMap and the Secret, then waits until no pod is left", async () => {
+    const { api, calls } = fakeApi({}, [1, 1, 0]);
+    expect(await cleanup(api, "paygate", "paygate-load-1", true)).toEqual([]);
+    expect(calls).toEqual([
+      "job paygate/paygate-load-1 Background",
+      "pods paygate app.kubernetes.io/managed-by=paygate-load-k8s,app.kubernetes.io/instance=paygate-load-1",
+      "configmap paygate/paygate-load-1",
+      "secret paygate/paygate-load-1",
+    ]);
+  });
+
+  it("counts what is already gone as deleted, goes on past a failure and reports it, and reports pods that stay", async () => {
+    const { api, calls } = fakeApi({ job: 404, configmap: 500 }, [2, 2, 2, 2, 2, 2, 2, 2]);
+    const problems = await cleanup(api, "paygate", "paygate-load-2", false, 1200);
+    expect(calls.map((c) => c.split(" ")[0])).toEqual(["job", "pods", "configmap"]);
+    expect(problems).toEqual(["configmap/paygate-load-2: HTTP 500: configmap refused", "2 pod(s) of paygate-load-2 still there after 1.2 s"]);
+  });
+});
+
+describe("load:k8s options", () => {
+  it("refuses bad options with exit 2, naming them, before it looks for a cluster", async () => {
+    const result = await new Promise<{ code: number | null; stderr: string }>((resolve) => {
+      const child = spawn(process.execPath, ["--import", "tsx", "scripts/load-k8s.ts", "--vus", "0"], {
+        cwd: repoRoot,
+        env: { PATH: process.env.PATH ?? "", HOME: "/nonexistent", KUBECONFIG: "/nonexistent/kubeconfig" },
+        stdio: ["ignore", "ignore", "pipe"],
+      });
+      let stderr = "";
+      child.stderr.on("data", (d: Buffer) => (stderr += d.toString()));
+      child.on("close", (code) => resolve({ code, stderr }));
+    });
+    expect(result.code).toBe(2);
+    expect(result.stderr).toMatch(/^load:k8s: VUS: expected a whole number from 1 to 1000/);
+  });
+});
