@@ -33,6 +33,7 @@ const USAGE = `usage: npm run load:k8s -- [--script NAME|FILE] [--vus N] [--dura
   --release NAME       the chart's release (default paygate): its gateway Service is the target
   --namespace NS       where the release runs, and the Job with it (default paygate)
   --image IMAGE        the image to run (default: the gateway Deployment's, i.e. Paygate's own)
+  --context NAME       the kubeconfig context to use (default: the current one)
   --timeout S          give up after so many seconds (default: the duration + 300)
 exit codes: the runner's (0, 99 thresholds failed); 2 bad options; 1 the run could not be made;
 130 interrupted. Everything created is deleted in every case.`;
@@ -206,6 +207,7 @@ interface Options {
   release: string;
   namespace: string;
   image?: string;
+  context?: string;
   timeoutS?: number;
 }
 
@@ -224,6 +226,7 @@ function parseOptions(argv: string[]): Options {
         release: { type: "string" },
         namespace: { type: "string" },
         image: { type: "string" },
+        context: { type: "string" },
         timeout: { type: "string" },
       },
       strict: true,
@@ -247,6 +250,7 @@ function parseOptions(argv: string[]): Options {
     release: dns(values.release ?? "paygate", "--release"),
     namespace: dns(values.namespace ?? "paygate", "--namespace"),
     image: values.image,
+    context: values.context,
     timeoutS: timeout === undefined ? undefined : Number(timeout),
   };
 }
@@ -298,10 +302,19 @@ async function prepare(o: Options) {
   return { gateway, env, apiKey, csv, module, durationS: Math.ceil(parseDuration(o.duration, "--duration") / 1000) };
 }
 
-async function run(o: Options, interrupted: AbortSignal, created: (what: { name: string; namespace: string; hasSecret: boolean }) => void): Promise<number> {
-  const { gateway, env, apiKey, csv, module, durationS } = await prepare(o);
+function kubeConfig(context: string | undefined): k8s.KubeConfig {
   const kc = new k8s.KubeConfig();
   kc.loadFromDefault();
+  if (context !== undefined) {
+    if (!kc.getContextObject(context)) throw new RunError(`no context ${context} in the kubeconfig (${kc.getContexts().map((c) => c.name).join(", ") || "none"})`);
+    kc.setCurrentContext(context);
+  }
+  return kc;
+}
+
+async function run(o: Options, interrupted: AbortSignal, created: (what: { name: string; namespace: string; hasSecret: boolean }) => void): Promise<number> {
+  const { gateway, env, apiKey, csv, module, durationS } = await prepare(o);
+  const kc = kubeConfig(o.context);
   // loadFromDefault falls back to http://localhost:8080, which is where Paygate's own gateway listens.
   if (kc.getCurrentCluster()?.server === "http://localhost:8080") throw new RunError("no cluster: set KUBECONFIG (or write ~/.kube/config)");
   const core = kc.makeApiClient(k8s.CoreV1Api);
@@ -365,10 +378,11 @@ async function main(): Promise<number> {
   const interrupted = new AbortController();
   process.once("SIGINT", () => interrupted.abort());
   process.once("SIGTERM", () => interrupted.abort());
-  let made: { name: string; namespace: string; hasSecret: boolean } | undefined;
+  let made: { name: string; namespace: string; hasSecret: boolean; context?: string } | undefined;
   let code: number;
   try {
-    code = await run(parseOptions(process.argv.slice(2)), interrupted.signal, (m) => (made = m));
+    const options = parseOptions(process.argv.slice(2));
+    code = await run(options, interrupted.signal, (m) => (made = { ...m, context: options.context }));
   } catch (err) {
     if (err instanceof UsageError) {
       process.stderr.write(`load:k8s: ${err.message}\n${USAGE}\n`);
@@ -379,8 +393,7 @@ async function main(): Promise<number> {
     }
   }
   if (made) {
-    const kc = new k8s.KubeConfig();
-    kc.loadFromDefault();
+    const kc = kubeConfig(made.context);
     const core = kc.makeApiClient(k8s.CoreV1Api);
     const batch = kc.makeApiClient(k8s.BatchV1Api);
     const api: CleanupApi = {
