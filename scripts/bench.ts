@@ -11,13 +11,12 @@
 // user needs CREATEDB) and drops it at the end. Ports: the gateway on BENCH_PORT_BASE
 // (default 18080), the others at BENCH_PORT_BASE+1011.. (19091 payments, 19092 fx, 19093
 // wallet, 19094 risk) and their admin ports at +1021.. (19101..19104).
-import { spawn, type ChildProcess } from "node:child_process";
+import type { ChildProcess } from "node:child_process";
 import http2 from "node:http2";
 import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { performance } from "node:perf_hooks";
-import { createInterface } from "node:readline";
 import { setTimeout as sleep } from "node:timers/promises";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
@@ -35,6 +34,7 @@ import { openDatabase } from "../services/runtime/db/database.js";
 import { currencyInfo, formatMinor, money } from "../services/runtime/money/money.js";
 import { Ledger } from "../services/wallet/ledger.js";
 import { prng } from "./prng.js";
+import { spawnService, untilReady } from "./service-process.js";
 
 const ROOT = fileURLToPath(new URL("..", import.meta.url));
 
@@ -134,6 +134,7 @@ for (const s of CPU_PROF) {
 const url = (port: number) => `http://127.0.0.1:${port}`;
 
 const MAX_LOG_LINES = 25;
+const READY_TIMEOUT_MS = 180_000;
 const seenLines = new Set<string>();
 let stopping = false;
 let crashed: string | undefined;
@@ -141,23 +142,21 @@ const interrupted = new AbortController();
 
 function startService(s: Svc, env: NodeJS.ProcessEnv, profDir: string | undefined): void {
   const nodeArgs = profDir && CPU_PROF.has(s.name) ? ["--cpu-prof", `--cpu-prof-dir=${path.join(profDir, s.name)}`] : [];
-  const child = spawn(process.execPath, [...nodeArgs, "--import", "tsx", s.entry], { cwd: ROOT, env, stdio: ["ignore", "pipe", "pipe"] });
-  for (const stream of [child.stdout, child.stderr]) {
-    createInterface({ input: stream }).on("line", (line) => {
-      s.tail.push(line);
-      if (s.tail.length > 20) s.tail.shift();
-      // The same line (e.g. a warning every service prints) is shown once, whichever service says it.
-      const key = line.replace(/\(node:\d+\)/, "").replace(/"(time|pid)":\d+,?/g, "");
-      if (seenLines.has(key)) {
-        s.suppressed++;
-      } else if (s.shown < MAX_LOG_LINES) {
-        seenLines.add(key);
-        s.shown++;
-        process.stdout.write(`  ${s.name.padEnd(8)}| ${line.length > 400 ? `${line.slice(0, 400)}…` : line}\n`);
-      } else s.suppressed++;
-    });
-  }
-  child.on("exit", (code, signal) => {
+  const onLine = (line: string) => {
+    s.tail.push(line);
+    if (s.tail.length > 20) s.tail.shift();
+    // The same line (e.g. a warning every service prints) is shown once, whichever service says it.
+    const key = line.replace(/\(node:\d+\)/, "").replace(/"(time|pid)":\d+,?/g, "");
+    if (seenLines.has(key)) {
+      s.suppressed++;
+    } else if (s.shown < MAX_LOG_LINES) {
+      seenLines.add(key);
+      s.shown++;
+      process.stdout.write(`  ${s.name.padEnd(8)}| ${line.length > 400 ? `${line.slice(0, 400)}…` : line}\n`);
+    } else s.suppressed++;
+  };
+  const { child, exited } = spawnService(s.entry, { cwd: ROOT, env, nodeArgs, onLine });
+  void exited.then(({ code, signal }) => {
     if (!stopping && !crashed) {
       crashed = `${s.name} exited unexpectedly (${signal ?? `code ${code}`}); last lines:\n${s.tail.map((l) => `  ${s.name}| ${l}`).join("\n")}`;
       interrupted.abort();
@@ -166,18 +165,17 @@ function startService(s: Svc, env: NodeJS.ProcessEnv, profDir: string | undefine
   s.child = child;
 }
 
-async function waitReady(s: Svc, timeoutMs = 180_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (Date.now() < deadline && !interrupted.signal.aborted) {
-    try {
-      const res = await fetch(`${url(s.adminPort)}/readyz`);
-      if (res.ok) return;
-    } catch {
-      // not listening yet
-    }
-    await sleep(250);
-  }
-  throw new Error(crashed ?? (interrupted.signal.aborted ? "interrupted" : `${s.name} did not become ready within ${timeoutMs / 1000}s`));
+/** Waits until every service is ready, at most READY_TIMEOUT_MS; a crash or Ctrl-C ends the wait. */
+async function waitReady(): Promise<void> {
+  const notReady = await untilReady(
+    SERVICES.map((s) => ({ name: s.name, adminUrl: url(s.adminPort) })),
+    READY_TIMEOUT_MS,
+    interrupted.signal,
+  ).catch((err: unknown) => {
+    throw interrupted.signal.aborted ? new Error(crashed ?? "interrupted") : err;
+  });
+  const [first] = notReady.keys();
+  if (first) throw new Error(`${first.name} did not become ready within ${READY_TIMEOUT_MS / 1000}s`);
 }
 
 /** SIGTERM (graceful), then SIGKILL after `graceMs`; resolves when it has exited. */
@@ -579,7 +577,7 @@ async function main(): Promise<number> {
 
   const t0 = performance.now();
   for (const s of SERVICES) startService(s, env, profDir);
-  await Promise.all(SERVICES.map((s) => waitReady(s)));
+  await waitReady();
   out(`started   all five ready in ${f1((performance.now() - t0) / 1000)} s`);
 
   // --- seed: funded source accounts (the merchant's), destination accounts (the payee's) ---

@@ -3,15 +3,14 @@
 // (.data/ by default) or in DATABASE_URL when set. Prints the endpoints and example calls
 // once all are ready; when one is not ready within PAYGATE_START_TIMEOUT_SECONDS, says which
 // and why, and stops them all. Ctrl-C stops them all gracefully.
-import { spawn, type ChildProcess } from "node:child_process";
+import type { ChildProcess } from "node:child_process";
 import path from "node:path";
-import { createInterface } from "node:readline";
-import { setTimeout as sleep } from "node:timers/promises";
 import { fileURLToPath } from "node:url";
 import { z } from "zod";
 import { DEMO_MERCHANTS } from "../services/gateway/demo.js";
 import { ConfigError, loadConfig, portVar, runtimeEnv } from "../services/runtime/config.js";
 import { IN_MEMORY } from "../services/runtime/db/database.js";
+import { spawnService, untilReady } from "./service-process.js";
 
 const SECONDS_EXPECTED = "expected a whole number of seconds from 1 to 86400";
 
@@ -39,55 +38,16 @@ export interface ServiceProcess {
   adminUrl: string;
 }
 
-/** Whether the service whose admin port is at `adminUrl` is ready, or why not, from one GET /readyz (bounded). */
-export async function readiness(adminUrl: string): Promise<{ ready: true } | { ready: false; why: string }> {
-  let res: Response;
-  try {
-    res = await fetch(`${adminUrl}/readyz`, { signal: AbortSignal.timeout(2_000) });
-  } catch (err) {
-    const code = (err as { cause?: { code?: unknown } }).cause?.code;
-    if (code === "ECONNREFUSED") return { ready: false, why: `its port ${new URL(adminUrl).host} is not open (still starting, or stuck before it listens)` };
-    return { ready: false, why: `GET /readyz got no answer (${typeof code === "string" ? code : err instanceof Error ? err.message : String(err)})` };
-  }
-  const body = await res.text();
-  if (res.ok) return { ready: true };
-  // A Paygate service answers {"status": "not ready", "checks": {"server": "ok", "fx": "<why>"}}.
-  let failing: string[] = [];
-  try {
-    const { checks } = JSON.parse(body) as { checks?: Record<string, unknown> };
-    failing = Object.entries(checks ?? {})
-      .filter(([, result]) => result !== "ok")
-      .map(([check, result]) => `${check}: ${String(result)}`);
-  } catch {
-    // not a Paygate answer: the status says enough
-  }
-  return { ready: false, why: `GET /readyz answers ${res.status}${failing.length ? `, failing ${failing.join("; ")}` : ""}` };
-}
-
 /**
- * Polls every service's /readyz until all are ready. Past `timeoutMs` it rejects with a
- * message naming each service still starting and why (what its /readyz said last); when
- * `signal` aborts it rejects with the signal's reason.
+ * Waits until every service is ready. Past `timeoutMs` it rejects with a message naming each
+ * service still starting and why (what its /readyz said last); when `signal` aborts it
+ * rejects with the signal's reason.
  */
 export async function waitUntilReady(services: ServiceProcess[], timeoutMs: number, signal?: AbortSignal, intervalMs = 250): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  const starting = new Map(services.map((s) => [s, "not asked yet"]));
-  for (;;) {
-    signal?.throwIfAborted();
-    await Promise.all(
-      [...starting.keys()].map(async (s) => {
-        const state = await readiness(s.adminUrl);
-        if (state.ready) starting.delete(s);
-        else starting.set(s, state.why);
-      }),
-    );
-    if (starting.size === 0) return;
-    if (Date.now() >= deadline) {
-      const lines = [...starting].map(([s, why]) => `  ${s.name}: ${why}`);
-      throw new Error(`not ready within ${timeoutMs / 1000} s (PAYGATE_START_TIMEOUT_SECONDS sets the wait):\n${lines.join("\n")}`);
-    }
-    await sleep(intervalMs, undefined, { signal }).catch(() => {}); // aborted: thrown with its reason above
-  }
+  const starting = await untilReady(services, timeoutMs, signal, intervalMs);
+  if (starting.size === 0) return;
+  const lines = [...starting].map(([s, why]) => `  ${s.name}: ${why}`);
+  throw new Error(`not ready within ${timeoutMs / 1000} s (PAYGATE_START_TIMEOUT_SECONDS sets the wait):\n${lines.join("\n")}`);
 }
 
 /** Where the services keep their data, as the banner says it: never a password. */
@@ -141,11 +101,8 @@ async function main(): Promise<void> {
   process.on("SIGTERM", () => stopAll(0));
 
   for (const svc of services) {
-    const child = spawn(process.execPath, ["--import", "tsx", svc.entry], { env, stdio: ["ignore", "pipe", "pipe"] });
-    for (const stream of [child.stdout, child.stderr]) {
-      createInterface({ input: stream }).on("line", (line) => process.stdout.write(`${svc.name.padEnd(8)}| ${line}\n`));
-    }
-    child.on("exit", (code, signal) => {
+    const { child, exited } = spawnService(svc.entry, { env, onLine: (line) => process.stdout.write(`${svc.name.padEnd(8)}| ${line}\n`) });
+    void exited.then(({ code, signal }) => {
       children.delete(svc.name);
       if (!stopping.signal.aborted) {
         process.stderr.write(`${svc.name} exited (${signal ?? `code ${code}`}); stopping the others\n`);

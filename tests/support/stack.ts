@@ -21,7 +21,7 @@
 // payments can be pointed at a fault-injecting WalletService proxy (walletProxy), which
 // forwards every call to the real wallet and can hold one chosen call, before or after the
 // wallet ran it, until the test lets it go: the test kills the payments process meanwhile.
-import { spawn, type ChildProcess } from "node:child_process";
+import type { ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
@@ -46,6 +46,7 @@ import { createLogger } from "../../services/runtime/observability/logger.js";
 import { money, parseDecimalAmount } from "../../services/runtime/money/money.js";
 import { startServer, type RunningServer } from "../../services/runtime/rpc/server.js";
 import { startWallet } from "../../services/wallet/main.js";
+import { spawnService, untilReady, type ChildExit } from "../../scripts/service-process.js";
 import { freePort } from "./ports.js";
 import type { Backend } from "./postgres.js";
 
@@ -341,7 +342,7 @@ async function startWalletProxy(walletUrl: string): Promise<WalletProxy> {
 export interface ChildService {
   process: ChildProcess;
   /** Resolves with the exit code or signal when the process ends. */
-  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+  exited: Promise<ChildExit>;
   /** Everything the process wrote to stderr (for failure messages). */
   stderr(): string;
   kill(signal?: NodeJS.Signals): Promise<void>;
@@ -352,17 +353,16 @@ export interface ChildService {
  * until its admin /readyz answers 200 (bounded).
  */
 export async function spawnPayments(env: Record<string, string>, adminPort: number, readyTimeoutMs = 60_000): Promise<ChildService> {
-  const child = spawn(process.execPath, ["--import", "tsx", "services/payments/main.ts"], {
+  let stderr = "";
+  const { child, exited } = spawnService("services/payments/main.ts", {
     cwd: repoRoot,
     env: { PATH: process.env.PATH ?? "", HOME: process.env.HOME ?? os.tmpdir(), ...env },
-    stdio: ["ignore", "ignore", "pipe"],
+    onLine: (line, stream) => {
+      if (stream !== "stderr") return;
+      stderr += `${line}\n`;
+      if (stderr.length > 20_000) stderr = stderr.slice(-20_000);
+    },
   });
-  let stderr = "";
-  child.stderr!.on("data", (d: Buffer) => {
-    stderr += d.toString("utf8");
-    if (stderr.length > 20_000) stderr = stderr.slice(-20_000);
-  });
-  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => child.once("exit", (code, signal) => resolve({ code, signal })));
   // Never outlive the test process, whatever happens to it.
   const killOnExit = () => child.kill("SIGKILL");
   process.once("exit", killOnExit);
@@ -376,20 +376,11 @@ export async function spawnPayments(env: Record<string, string>, adminPort: numb
       await exited;
     },
   };
-  let exitedEarly: { code: number | null; signal: NodeJS.Signals | null } | undefined;
-  void exited.then((e) => (exitedEarly = e));
+  const exitedEarly = new AbortController();
+  void exited.then((e) => exitedEarly.abort(new Error(`payments exited (${JSON.stringify(e)}) before it was ready:\n${stderr}`)));
   try {
-    await waitFor(
-      async () => {
-        if (exitedEarly) throw new Error(`payments exited (${JSON.stringify(exitedEarly)}) before it was ready:\n${stderr}`);
-        const res = await fetch(`http://127.0.0.1:${adminPort}/readyz`).catch(() => undefined);
-        return res?.status === 200;
-      },
-      "the payments process to be ready",
-      readyTimeoutMs,
-      100,
-      (err) => err instanceof Error && err.message.startsWith("payments exited"),
-    );
+    const notReady = await untilReady([{ adminUrl: `http://127.0.0.1:${adminPort}` }], readyTimeoutMs, exitedEarly.signal, 100);
+    if (notReady.size > 0) throw new Error(`timed out after ${readyTimeoutMs} ms waiting for the payments process to be ready`);
   } catch (err) {
     await service.kill();
     throw err;

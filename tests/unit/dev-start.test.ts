@@ -4,7 +4,8 @@
 import { execFile } from "node:child_process";
 import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
-import { readiness, storageDescription, waitUntilReady, devEnv, type ServiceProcess } from "../../scripts/dev.js";
+import { storageDescription, waitUntilReady, devEnv, type ServiceProcess } from "../../scripts/dev.js";
+import { readiness } from "../../scripts/service-process.js";
 import { ConfigError, loadConfig } from "../../services/runtime/config.js";
 import { createLogger } from "../../services/runtime/observability/logger.js";
 import { startServer, type RunningServer } from "../../services/runtime/rpc/server.js";
