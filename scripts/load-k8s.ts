@@ -5,8 +5,8 @@
 //   npm run load:k8s -- --script rest --vus 8 --duration 1m --thresholds 'p(95)<500'
 //   npm run load:k8s -- --script my-mix.mjs --release paygate --namespace paygate
 //
-// It creates a ConfigMap holding the CSV (and the script module, when one is given), a Secret
-// when an API key is given, and the Job; streams the Job's log; waits for it; deletes all of it
+// It creates a ConfigMap holding the CSV (csv script) or the script module (when one is given),
+// a Secret when an API key is given, and the Job; streams the Job's log; waits for it; deletes all of it
 // (and the Job's pod); and exits with the runner's exit code: 0, 99 when a threshold failed.
 // 2: bad options (nothing created); 1: the run could not be made (no Service, no pod, timeout);
 // 130: interrupted (Ctrl-C), after the cleanup.
@@ -41,7 +41,7 @@ exit codes: the runner's (0, 99 thresholds failed); 2 bad options; 1 the run cou
 /** The runner's variables passed from this environment to the Job (PAYMENTS and CSV_PATH are set here). */
 const FORWARDED_ENV = ["TX_ID", "CUSTOMER_ID", "DESTINATION", "CURRENCY", "AMOUNT", "ITERATIONS", "THRESHOLDS"];
 const MOUNT = "/load";
-/** A ConfigMap holds at most 1 MiB; leave room for the script module and the metadata. */
+/** A ConfigMap holds at most 1 MiB; leave room for its metadata. */
 const MAX_FILES_BYTES = 900 * 1024;
 const LABELS = { "app.kubernetes.io/name": "paygate-load", "app.kubernetes.io/component": "load", "app.kubernetes.io/part-of": "paygate", "app.kubernetes.io/managed-by": "paygate-load-k8s" };
 
@@ -52,25 +52,24 @@ export interface LoadJobOptions {
   imagePullPolicy: string;
   /** The gateway Service, e.g. http://paygate-gateway.paygate.svc.cluster.local:8080. */
   target: string;
-  /** "csv", "grpc", … or the file name of the script module in the ConfigMap. */
-  script: string;
-  csvName: string;
-  csv: string;
-  module?: { fileName: string; text: string };
+  /** The runner's variables (SCRIPT, VUS, DURATION, CSV_PATH, …) but PAYMENTS and API_KEY. */
   env: Record<string, string>;
+  /** Files the run reads (the CSV, a script module), by name: a ConfigMap mounted at /load. */
+  files: Record<string, string>;
   apiKey?: string;
   activeDeadlineSeconds: number;
 }
 
-/** The objects of one run: a ConfigMap with the files, a Secret with the API key (if any), the Job. */
-export function loadJobObjects(o: LoadJobOptions): { configMap: k8s.V1ConfigMap; secret?: k8s.V1Secret; job: k8s.V1Job } {
+/**
+ * The objects of one run: the Job, a ConfigMap with the files when the run reads any, a Secret
+ * with the API key when one is given.
+ */
+export function loadJobObjects(o: LoadJobOptions): { configMap?: k8s.V1ConfigMap; secret?: k8s.V1Secret; job: k8s.V1Job } {
   const labels = { ...LABELS, "app.kubernetes.io/instance": o.name };
   const metadata = { name: o.name, namespace: o.namespace, labels };
-  const script = o.module ? `${MOUNT}/${o.module.fileName}` : o.script;
+  const hasFiles = Object.keys(o.files).length > 0;
   const env: k8s.V1EnvVar[] = [
     { name: "PAYMENTS", value: o.target },
-    { name: "SCRIPT", value: script },
-    { name: "CSV_PATH", value: `${MOUNT}/${o.csvName}` },
     ...Object.entries(o.env).map(([name, value]) => ({ name, value })),
     ...(o.apiKey ? [{ name: "API_KEY", valueFrom: { secretKeyRef: { name: o.name, key: "API_KEY" } } }] : []),
   ];
@@ -111,22 +110,16 @@ export function loadJobObjects(o: LoadJobOptions): { configMap: k8s.V1ConfigMap;
                 capabilities: { drop: ["ALL"] },
                 seccompProfile: { type: "RuntimeDefault" },
               },
-              volumeMounts: [
-                { name: "load", mountPath: MOUNT, readOnly: true },
-                { name: "tmp", mountPath: "/tmp" },
-              ],
+              volumeMounts: [...(hasFiles ? [{ name: "load", mountPath: MOUNT, readOnly: true }] : []), { name: "tmp", mountPath: "/tmp" }],
             },
           ],
-          volumes: [
-            { name: "load", configMap: { name: o.name } },
-            { name: "tmp", emptyDir: {} },
-          ],
+          volumes: [...(hasFiles ? [{ name: "load", configMap: { name: o.name } }] : []), { name: "tmp", emptyDir: {} }],
         },
       },
     },
   };
   return {
-    configMap: { apiVersion: "v1", kind: "ConfigMap", metadata, data: { [o.csvName]: o.csv, ...(o.module ? { [o.module.fileName]: o.module.text } : {}) } },
+    ...(hasFiles ? { configMap: { apiVersion: "v1", kind: "ConfigMap", metadata, data: o.files } } : {}),
     ...(o.apiKey ? { secret: { apiVersion: "v1", kind: "Secret", metadata, type: "Opaque", stringData: { API_KEY: o.apiKey } } } : {}),
     job,
   };
@@ -197,7 +190,7 @@ export function chartFullname(release: string): string {
 
 class RunError extends Error {}
 
-interface Options {
+export interface Options {
   script: string;
   vus: string;
   duration: string;
@@ -257,12 +250,12 @@ function parseOptions(argv: string[]): Options {
 
 /** The Job's environment, checked here with the runner's own rules before anything is created. */
 async function jobEnvironment(o: Options, target: string): Promise<{ env: Record<string, string>; apiKey?: string }> {
-  const env: Record<string, string> = { VUS: o.vus, DURATION: o.duration };
+  const env: Record<string, string> = { SCRIPT: o.script, VUS: o.vus, DURATION: o.duration };
   for (const name of FORWARDED_ENV) if (process.env[name]) env[name] = process.env[name]!;
   if (o.iterations !== undefined) env.ITERATIONS = o.iterations;
   if (o.thresholds !== undefined) env.THRESHOLDS = o.thresholds;
   const apiKey = process.env.API_KEY || undefined;
-  const params = parseParams([], { ...env, PAYMENTS: target, SCRIPT: o.script, CSV_PATH: o.csv, ...(apiKey ? { API_KEY: apiKey } : {}) });
+  const params = parseParams([], { ...env, PAYMENTS: target, CSV_PATH: o.csv, ...(apiKey ? { API_KEY: apiKey } : {}) });
   await loadPlan(params);
   return { env, ...(apiKey ? { apiKey } : {}) };
 }
@@ -285,21 +278,24 @@ async function waitForPod(core: k8s.CoreV1Api, namespace: string, name: string, 
 }
 
 /** Everything read and checked before the cluster is touched: bad options create nothing. */
-async function prepare(o: Options) {
+export async function prepare(o: Options) {
   const gateway = `${chartFullname(o.release)}-gateway`;
   const { env, apiKey } = await jobEnvironment(o, `http://${gateway}.${o.namespace}.svc.cluster.local:8080`);
-  let csv: string;
-  try {
-    csv = readFileSync(o.csv, "utf8");
-  } catch (err) {
-    throw new UsageError(`--csv: cannot read ${o.csv} (${(err as NodeJS.ErrnoException).code ?? String(err)})`);
+  // The files go into the ConfigMap, and the runner is told where they are in the pod.
+  const files: Record<string, string> = {};
+  if (o.script === "csv") {
+    const name = path.basename(o.csv);
+    files[name] = readFileSync(o.csv, "utf8");
+    env.CSV_PATH = `${MOUNT}/${name}`;
+  } else if (/\.(mjs|js)$/.test(o.script)) {
+    // Always .mjs in the pod: /load has no package.json to say a .js file is an ES module.
+    files["script.mjs"] = readFileSync(o.script, "utf8");
+    env.SCRIPT = `${MOUNT}/script.mjs`;
   }
-  // Always .mjs in the pod: /load has no package.json to say a .js file is an ES module.
-  const module = /\.(mjs|js)$/.test(o.script) ? { fileName: "script.mjs", text: readFileSync(o.script, "utf8") } : undefined;
-  if (Buffer.byteLength(csv) + Buffer.byteLength(module?.text ?? "") > MAX_FILES_BYTES) {
-    throw new UsageError(`--csv: ${o.csv} is too large for a ConfigMap (at most ${MAX_FILES_BYTES / 1024} KiB with the script)`);
+  if (Object.values(files).reduce((n, text) => n + Buffer.byteLength(text), 0) > MAX_FILES_BYTES) {
+    throw new UsageError(`${o.script === "csv" ? "--csv" : "--script"}: too large for a ConfigMap (at most ${MAX_FILES_BYTES / 1024} KiB)`);
   }
-  return { gateway, env, apiKey, csv, module, durationS: Math.ceil(parseDuration(o.duration, "--duration") / 1000) };
+  return { gateway, env, apiKey, files, durationS: Math.ceil(parseDuration(o.duration, "--duration") / 1000) };
 }
 
 function kubeConfig(context: string | undefined): k8s.KubeConfig {
@@ -313,7 +309,7 @@ function kubeConfig(context: string | undefined): k8s.KubeConfig {
 }
 
 async function run(o: Options, interrupted: AbortSignal, created: (what: { name: string; namespace: string; hasSecret: boolean }) => void): Promise<number> {
-  const { gateway, env, apiKey, csv, module, durationS } = await prepare(o);
+  const { gateway, env, apiKey, files, durationS } = await prepare(o);
   const kc = kubeConfig(o.context);
   // loadFromDefault falls back to http://localhost:8080, which is where Paygate's own gateway listens.
   if (kc.getCurrentCluster()?.server === "http://localhost:8080") throw new RunError("no cluster: set KUBECONFIG (or write ~/.kube/config)");
@@ -344,10 +340,10 @@ async function run(o: Options, interrupted: AbortSignal, created: (what: { name:
   }
 
   const name = `paygate-load-${randomBytes(4).toString("hex")}`;
-  const objects = loadJobObjects({ name, namespace, image, imagePullPolicy, target, script: o.script, csvName: path.basename(o.csv), csv, module, env, apiKey, activeDeadlineSeconds: durationS + 300 });
+  const objects = loadJobObjects({ name, namespace, image, imagePullPolicy, target, env, files, apiKey, activeDeadlineSeconds: durationS + 300 });
   created({ name, namespace, hasSecret: objects.secret !== undefined });
   if (objects.secret) await core.createNamespacedSecret({ namespace, body: objects.secret });
-  await core.createNamespacedConfigMap({ namespace, body: objects.configMap });
+  if (objects.configMap) await core.createNamespacedConfigMap({ namespace, body: objects.configMap });
   await batch.createNamespacedJob({ namespace, body: objects.job });
   process.stderr.write(`load:k8s  job/${name} in ${namespace}: ${o.script}, ${o.vus} VUs, ${o.duration}, image ${image}, target ${target}\n`);
 
@@ -407,7 +403,7 @@ async function main(): Promise<number> {
     if (problems.length > 0) {
       process.stderr.write(`load:k8s: could not delete everything of ${made.name}: ${problems.join("; ")}\n`);
       if (code === 0) code = 1;
-    } else process.stderr.write(`load:k8s  job/${made.name} and its pod, ConfigMap${made.hasSecret ? " and Secret" : ""} deleted; exit ${code}\n`);
+    } else process.stderr.write(`load:k8s  job/${made.name} and everything it came with deleted; exit ${code}\n`);
   }
   return code;
 }

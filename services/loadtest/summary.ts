@@ -112,7 +112,7 @@ export function formatSummary(s: Summary): string {
   const shares = (m: Record<string, number>) => Object.entries(m).map(([k, n]) => `${k} ${n} (${pct(n, s.requests)})`).join(", ") || "-";
   const l = s.latencyMs;
   const lines = [
-    ["script", `${s.script} over ${s.protocol}`],
+    ["script", s.script === s.protocol ? s.script : `${s.script} over ${s.protocol}`],
     ["target", s.target],
     ["load", `${s.vus} VUs for at most ${s.durationMs / 1000} s`],
     ["payments", `${s.requests} sent in ${s.elapsedS.toFixed(2)} s: ${f1(s.paymentsPerS)} payments/s answered, ${s.captured} CAPTURED`],

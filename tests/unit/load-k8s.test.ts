@@ -9,9 +9,12 @@ import { ConfigMap } from "kubernetes-models/v1/ConfigMap";
 import { Secret } from "kubernetes-models/v1/Secret";
 import { parseAllDocuments } from "yaml";
 import { describe, expect, it, vi } from "vitest";
-import { chartFullname, cleanup, exitCodeOf, loadJobObjects, type CleanupApi, type LoadJobOptions } from "../../scripts/load-k8s.js";
+import { writeFileSync } from "node:fs";
+import path from "node:path";
+import { chartFullname, cleanup, exitCodeOf, loadJobObjects, prepare, type CleanupApi, type LoadJobOptions, type Options } from "../../scripts/load-k8s.js";
+import { UsageError } from "../../services/loadtest/params.js";
 import { helm } from "../k8s/helm.js";
-import { repoRoot } from "../support/stack.js";
+import { repoRoot, tempDir } from "../support/stack.js";
 
 vi.setConfig({ testTimeout: 60_000 });
 
@@ -21,10 +24,8 @@ const options: LoadJobOptions = {
   image: "paygate:0.1.0",
   imagePullPolicy: "IfNotPresent",
   target: "http://paygate-gateway.paygate.svc.cluster.local:8080",
-  script: "csv",
-  csvName: "dummy_transactions.csv",
-  csv: "id,currency,amount,source_account,destination_account\nD-1,USD,1.00,acme_usd,globex_usd\n",
-  env: { VUS: "4", DURATION: "30s", THRESHOLDS: "p(95)<500" },
+  env: { SCRIPT: "csv", CSV_PATH: "/load/dummy_transactions.csv", VUS: "4", DURATION: "30s", THRESHOLDS: "p(95)<500" },
+  files: { "dummy_transactions.csv": "id,currency,amount,source_account,destination_account\nD-1,USD,1.00,acme_usd,globex_usd\n" },
   apiKey: "pgk_test_key",
   activeDeadlineSeconds: 330,
 };
@@ -36,7 +37,7 @@ describe("load:k8s objects", () => {
 
   it("are valid Kubernetes objects", () => {
     expect(() => new Job(job as never).validate()).not.toThrow();
-    expect(() => new ConfigMap(configMap as never).validate()).not.toThrow();
+    expect(() => new ConfigMap(configMap! as never).validate()).not.toThrow();
     expect(() => new Secret(secret as never).validate()).not.toThrow();
   });
 
@@ -53,19 +54,21 @@ describe("load:k8s objects", () => {
       THRESHOLDS: "p(95)<500",
       API_KEY: { secretKeyRef: { name: options.name, key: "API_KEY" } },
     });
-    expect(configMap.data).toEqual({ "dummy_transactions.csv": options.csv });
+    expect(configMap!.data).toEqual(options.files);
     expect(secret!.stringData).toEqual({ API_KEY: "pgk_test_key" });
     expect(container.volumeMounts).toContainEqual({ name: "load", mountPath: "/load", readOnly: true });
     expect(pod.volumes).toContainEqual({ name: "load", configMap: { name: options.name } });
   });
 
-  it("a script module goes into the ConfigMap as script.mjs and is what the runner runs; no key, no Secret", () => {
-    const withModule = loadJobObjects({ ...options, script: "mix.js", module: { fileName: "script.mjs", text: "export const protocol = 'rest';" }, apiKey: undefined });
-    expect(withModule.configMap.data).toMatchObject({ "script.mjs": "export const protocol = 'rest';", "dummy_transactions.csv": options.csv });
-    expect(withModule.secret).toBeUndefined();
-    const env = withModule.job.spec!.template.spec!.containers[0]!.env!;
-    expect(env.find((e) => e.name === "SCRIPT")?.value).toBe("/load/script.mjs");
-    expect(env.some((e) => e.name === "API_KEY")).toBe(false);
+  it("without files there is no ConfigMap (nor its volume); without a key no Secret", () => {
+    const plain = loadJobObjects({ ...options, env: { SCRIPT: "grpc", VUS: "2", DURATION: "10s" }, files: {}, apiKey: undefined });
+    expect(plain.configMap).toBeUndefined();
+    expect(plain.secret).toBeUndefined();
+    const spec = plain.job.spec!.template.spec!;
+    expect(spec.volumes).toEqual([{ name: "tmp", emptyDir: {} }]);
+    expect(spec.containers[0]!.volumeMounts).toEqual([{ name: "tmp", mountPath: "/tmp" }]);
+    expect(spec.containers[0]!.env!.map((e) => e.name)).toEqual(["PAYMENTS", "SCRIPT", "VUS", "DURATION"]);
+    expect(() => new Job(plain.job as never).validate()).not.toThrow();
   });
 
   it("one attempt, bounded in time, removed after a while even if load:k8s is not there to delete it", () => {
@@ -75,7 +78,7 @@ describe("load:k8s objects", () => {
 
   it("labels every object and the pod as the run's, never as the release's (whose NetworkPolicies would cut the Job off)", () => {
     const labels = { "app.kubernetes.io/name": "paygate-load", "app.kubernetes.io/instance": options.name, "app.kubernetes.io/managed-by": "paygate-load-k8s", "app.kubernetes.io/part-of": "paygate", "app.kubernetes.io/component": "load" };
-    for (const o of [configMap, secret!, job]) expect(o.metadata).toEqual({ name: options.name, namespace: "paygate", labels });
+    for (const o of [configMap!, secret!, job]) expect(o.metadata).toEqual({ name: options.name, namespace: "paygate", labels });
     expect(job.spec!.template.metadata!.labels).toEqual(labels);
   });
 
@@ -146,6 +149,33 @@ describe("load:k8s cleanup", () => {
 });
 
 describe("load:k8s options", () => {
+  const base: Options = { script: "csv", vus: "4", duration: "30s", csv: "", release: "paygate", namespace: "paygate" };
+
+  it("puts the files a run reads into the ConfigMap and tells the runner where they are in the pod", async () => {
+    const dir = tempDir("paygate-load-k8s-");
+    try {
+      const csv = path.join(dir.dir, "rows.csv");
+      writeFileSync(csv, "id,currency,amount,source_account,destination_account\nD-1,USD,1.00,acme_usd,globex_usd\n");
+      const mix = path.join(dir.dir, "mix.js");
+      writeFileSync(mix, 'export const protocol = "rest";\nexport function payment() { return { sourceAccount: "acme_usd", destinationAccount: "globex_eur", currency: "USD", amount: "1.00" }; }\n');
+      const fromCsv = await prepare({ ...base, csv, iterations: "50" });
+      expect(fromCsv.gateway).toBe("paygate-gateway");
+      expect(fromCsv.files).toEqual({ "rows.csv": expect.stringContaining("D-1,USD,1.00") });
+      expect(fromCsv.env).toMatchObject({ SCRIPT: "csv", CSV_PATH: "/load/rows.csv", VUS: "4", DURATION: "30s", ITERATIONS: "50" });
+      expect(fromCsv.durationS).toBe(30);
+      const fromModule = await prepare({ ...base, script: mix, csv: path.join(dir.dir, "absent.csv") });
+      expect(Object.keys(fromModule.files)).toEqual(["script.mjs"]);
+      expect(fromModule.env.SCRIPT).toBe("/load/script.mjs");
+      expect(fromModule.env.CSV_PATH).toBeUndefined();
+      const plain = await prepare({ ...base, script: "grpc", csv: path.join(dir.dir, "absent.csv") });
+      expect(plain.files).toEqual({});
+      await expect(prepare({ ...base, csv: path.join(dir.dir, "absent.csv") })).rejects.toThrow(UsageError);
+      await expect(prepare({ ...base, script: "rest", duration: "forever" })).rejects.toThrow(/^DURATION: /);
+    } finally {
+      dir.remove();
+    }
+  });
+
   it("refuses bad options with exit 2, naming them, before it looks for a cluster", async () => {
     const result = await new Promise<{ code: number | null; stderr: string }>((resolve) => {
       const child = spawn(process.execPath, ["--import", "tsx", "scripts/load-k8s.ts", "--vus", "0"], {
