@@ -1,5 +1,7 @@
 // Paygate's load runner: `npm run load` from a checkout, `node dist/services/loadtest/main.js`
 // in Paygate's image (the in-cluster Job of `npm run load:k8s`). Parameters: params.ts USAGE.
+// It lives under services/ because that is what the image's build compiles and copies into
+// dist/ (and what Tilt syncs); it uses production dependencies only.
 // Exit codes as k6's: 0 every threshold met, 99 a threshold failed; 2 bad parameters, 1 the
 // run could not start.
 import { fileURLToPath } from "node:url";
