@@ -23,7 +23,7 @@ import { connectTimeout, grpcTimeout, Http2Upstream, MAX_TIMEOUT_MS } from "../r
 import type { Logger } from "../runtime/observability/logger.js";
 import { clientRpcMeasurement, codeName, serverRpcMeasurement } from "../runtime/observability/metrics.js";
 import type { RequestRelay } from "../runtime/rpc/server.js";
-import { relaySpans } from "../runtime/observability/tracing.js";
+import { relaySpans } from "../runtime/observability/rpc-spans.js";
 import { apiKeyFrom, type Merchant, type Merchants } from "./merchants.js";
 
 const { NGHTTP2_CANCEL } = http2.constants;

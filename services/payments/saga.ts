@@ -31,7 +31,7 @@ import { HoldStatus, type WalletService } from "../gen/paygate/wallet/v1/wallet_
 import { money } from "../runtime/money/money.js";
 import { isTransient } from "../runtime/errors.js";
 import type { Logger } from "../runtime/observability/logger.js";
-import { withAttributes, withSpan, type PaygateAttributes } from "../runtime/observability/tracing.js";
+import { withAttributes, withSpan, type PaygateAttributes } from "../runtime/observability/spans.js";
 import type { PaymentRecord } from "./payment.js";
 import type { AccountDirectory } from "./accounts.js";
 import type { KeyCompletion, PaymentPatch, PaymentStore } from "./store.js";

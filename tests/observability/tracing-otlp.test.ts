@@ -4,15 +4,19 @@
 //     the last ones flushed when the process stops on SIGTERM;
 //   - OTEL_EXPORTER_OTLP_TRACES_ENDPOINT + OTEL_EXPORTER_OTLP_PROTOCOL=http/json +
 //     OTEL_SERVICE_NAME: OTLP JSON at exactly that URL, with that service name;
-//   - a protocol Paygate cannot speak (grpc) stops start-up with a clear message (exit 2);
+//   - OTEL_EXPORTER_OTLP_PROTOCOL=grpc: OTLP/gRPC to the collector's TraceService/Export;
+//   - OTEL_PROPAGATORS and OTEL_NODE_RESOURCE_DETECTORS: the SDK's own choices (b3 headers
+//     continue a trace; the resource holds what the named detectors find);
+//   - a protocol no OTLP exporter speaks stops start-up with a clear message (exit 2);
 //   - the five services as five processes (as `npm start` runs them) with one
 //     OTEL_EXPORTER_OTLP_ENDPOINT: one CreatePayment is one trace holding spans of five
 //     resources (service.name gateway, payments, risk, fx, wallet).
-// The receiver is a tiny HTTP server on 127.0.0.1; the single-service cases use the fx
+// The receivers are tiny HTTP (and, for gRPC, HTTP/2) servers on 127.0.0.1; the single-service cases use the fx
 // process (`node --import tsx services/fx/main.ts`), the smallest one with a database.
 import { spawn, type ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import http from "node:http";
+import http2 from "node:http2";
 import os from "node:os";
 import { afterEach, describe, expect, it, vi } from "vitest";
 import { createClient } from "@connectrpc/connect";
@@ -62,6 +66,38 @@ async function startReceiver(port = 0, host = "127.0.0.1"): Promise<Receiver> {
     close: () =>
       new Promise<void>((r) => {
         server.closeAllConnections();
+        server.close(() => r());
+      }),
+  };
+}
+
+/** An OTLP/gRPC receiver (HTTP/2 without TLS): records every request, answers an empty message with grpc-status 0. */
+async function startGrpcReceiver(): Promise<Receiver> {
+  const posts: Post[] = [];
+  const server = http2.createServer();
+  server.on("stream", (stream, headers) => {
+    const chunks: Buffer[] = [];
+    stream.on("data", (c: Buffer) => chunks.push(c));
+    stream.on("end", () => {
+      posts.push({ path: `${String(headers[":method"])} ${String(headers[":path"])}`, contentType: String(headers["content-type"] ?? ""), body: Buffer.concat(chunks) });
+      stream.respond({ ":status": 200, "content-type": "application/grpc" }, { waitForTrailers: true });
+      stream.on("wantTrailers", () => stream.sendTrailers({ "grpc-status": "0" }));
+      stream.end(Buffer.alloc(5)); // one uncompressed message of length 0: an empty ExportTraceServiceResponse
+    });
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once("error", reject);
+    server.listen(0, "127.0.0.1", () => resolve());
+  });
+  const { port } = server.address() as import("node:net").AddressInfo;
+  const sessions = new Set<http2.ServerHttp2Session>();
+  server.on("session", (s) => sessions.add(s));
+  return {
+    url: `http://127.0.0.1:${port}`,
+    posts,
+    close: () =>
+      new Promise<void>((r) => {
+        for (const s of sessions) s.destroy();
         server.close(() => r());
       }),
   };
@@ -130,11 +166,10 @@ async function ready(svc: Service, name = "fx"): Promise<void> {
   );
 }
 
-/** Calls fx (Connect, HTTP/1.1) in a trace of the test's own; returns its trace id. */
-async function callFx(fx: Fx): Promise<string> {
-  const traceId = randomBytes(16).toString("hex");
+/** Calls fx (Connect, HTTP/1.1) in a trace of the test's own (W3C traceparent unless `headers` carry it); returns its trace id. */
+async function callFx(fx: Fx, traceId = randomBytes(16).toString("hex"), headers: Record<string, string> = { traceparent: `00-${traceId}-${randomBytes(8).toString("hex")}-01` }): Promise<string> {
   const client = createClient(FxService, createConnectTransport({ baseUrl: fx.url, httpVersion: "1.1" }));
-  const { currencies } = await client.listCurrencies({}, { headers: { traceparent: `00-${traceId}-${randomBytes(8).toString("hex")}-01` } });
+  const { currencies } = await client.listCurrencies({}, { headers });
   expect(currencies.length).toBeGreaterThan(0);
   return traceId;
 }
@@ -272,8 +307,54 @@ describe("tracing configured by OTEL_* variables (a real fx process)", () => {
     expect(receiver.posts.map((p) => p.body.toString("utf8")).join("")).not.toContain(ACME.apiKey);
   });
 
-  it("a protocol Paygate cannot export with (grpc) stops start-up with a clear message", async () => {
-    const fx = await startFxProcess({ OTEL_EXPORTER_OTLP_ENDPOINT: "http://127.0.0.1:4317", OTEL_EXPORTER_OTLP_PROTOCOL: "grpc" });
+  it("OTEL_EXPORTER_OTLP_PROTOCOL=grpc: OTLP/gRPC arrives at the collector's TraceService/Export, flushed on SIGTERM", async () => {
+    const receiver = await startGrpcReceiver();
+    receivers.push(receiver);
+    const fx = await startFxProcess({ OTEL_EXPORTER_OTLP_ENDPOINT: receiver.url, OTEL_EXPORTER_OTLP_PROTOCOL: "grpc", OTEL_BSP_SCHEDULE_DELAY: "600000" });
+    await ready(fx);
+    expect(fx.logs().find((l) => l.msg === "fx listening")).toMatchObject({ traceExporters: ["otlp grpc"] });
+    const traceId = await callFx(fx);
+    expect(receiver.posts).toEqual([]);
+    expect(await stop(fx)).toBe(0);
+    const posts = receiver.posts.filter((p) => p.path === "POST /opentelemetry.proto.collector.trace.v1.TraceService/Export");
+    expect(posts.length, `requests received: ${receiver.posts.map((p) => p.path).join(", ")}`).toBeGreaterThan(0);
+    expect(posts[0]!.contentType).toMatch(/^application\/grpc/);
+    const body = Buffer.concat(posts.map((p) => p.body));
+    expect(body.includes(Buffer.from(traceId, "hex")), "the call's trace id").toBe(true);
+    expect(body.includes(Buffer.from("paygate.fx.v1.FxService/ListCurrencies")), "the SERVER span's name").toBe(true);
+    expect(body.includes(Buffer.from("service.name")) && body.includes(Buffer.from("fx")), "the resource names the service").toBe(true);
+    expect(fx.stderr()).toBe("");
+  });
+
+  it("OTEL_PROPAGATORS and OTEL_NODE_RESOURCE_DETECTORS: b3 headers continue the caller's trace; the resource holds what the named detectors find", async () => {
+    const receiver = await startReceiver();
+    receivers.push(receiver);
+    const fx = await startFxProcess({
+      OTEL_EXPORTER_OTLP_ENDPOINT: receiver.url,
+      OTEL_EXPORTER_OTLP_PROTOCOL: "http/json",
+      OTEL_PROPAGATORS: "b3multi",
+      OTEL_NODE_RESOURCE_DETECTORS: "env,host",
+      OTEL_RESOURCE_ATTRIBUTES: "deployment.environment.name=tracing-test",
+    });
+    await ready(fx);
+    const traceId = randomBytes(16).toString("hex");
+    const parentId = randomBytes(8).toString("hex");
+    await callFx(fx, traceId, { "x-b3-traceid": traceId, "x-b3-spanid": parentId, "x-b3-sampled": "1" });
+    expect(await stop(fx)).toBe(0);
+    type Json = { resourceSpans: { resource: { attributes: { key: string; value: { stringValue?: string } }[] }; scopeSpans: { spans: { traceId: string; parentSpanId?: string; name: string }[] }[] }[] };
+    const batches = receiver.posts.filter((p) => p.path === "POST /v1/traces").flatMap((p) => (JSON.parse(p.body.toString("utf8")) as Json).resourceSpans);
+    const server = batches.flatMap((rs) => rs.scopeSpans.flatMap((s) => s.spans)).find((s) => s.traceId === traceId);
+    expect(server, "the SERVER span continues the b3 trace").toMatchObject({ name: "paygate.fx.v1.FxService/ListCurrencies", parentSpanId: parentId });
+    const resource = new Map(batches[0]!.resource.attributes.map((a) => [a.key, a.value.stringValue]));
+    expect(resource.get("service.name")).toBe("fx");
+    expect(resource.get("service.namespace")).toBe("paygate");
+    expect(resource.get("deployment.environment.name")).toBe("tracing-test");
+    expect(resource.get("host.name"), "the host detector ran").toBe(os.hostname());
+    expect(resource.has("process.pid"), "the process detector was not named").toBe(false);
+  });
+
+  it("a protocol no OTLP exporter speaks stops start-up with a clear message", async () => {
+    const fx = await startFxProcess({ OTEL_EXPORTER_OTLP_ENDPOINT: "http://127.0.0.1:4317", OTEL_EXPORTER_OTLP_PROTOCOL: "thrift" });
     expect(await fx.exited).toBe(2);
     expect(fx.stderr()).toContain("OTEL_EXPORTER_OTLP_PROTOCOL: expected http/protobuf or http/json");
     expect(fx.stderr()).not.toContain("    at "); // a message, not a stack trace
@@ -299,6 +380,7 @@ describe("exportersFromEnv", () => {
     expect(withEnv({ OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: "http://collector:4318/v1/traces", OTEL_EXPORTER_OTLP_TRACES_PROTOCOL: "http/json" })).toEqual([
       { kind: "otlp", protocol: "http/json" },
     ]);
+    expect(withEnv({ OTEL_EXPORTER_OTLP_ENDPOINT: "http://collector:4317", OTEL_EXPORTER_OTLP_PROTOCOL: "grpc" })).toEqual([{ kind: "otlp", protocol: "grpc" }]);
     expect(withEnv({ OTEL_TRACES_EXPORTER: "otlp" }), "named explicitly: the default endpoint").toEqual([{ kind: "otlp", protocol: "http/protobuf" }]);
     expect(withEnv({ OTEL_TRACES_EXPORTER: "console, otlp" })).toEqual([{ kind: "console" }, { kind: "otlp", protocol: "http/protobuf" }]);
     expect(withEnv({ OTEL_TRACES_EXPORTER: "none", OTEL_EXPORTER_OTLP_ENDPOINT: "http://collector:4318" })).toEqual([]);
@@ -307,6 +389,6 @@ describe("exportersFromEnv", () => {
   it("refuses what it cannot honour, naming the variable", () => {
     expect(() => withEnv({ OTEL_TRACES_EXPORTER: "zipkin" })).toThrow(ConfigError);
     expect(() => withEnv({ OTEL_TRACES_EXPORTER: "zipkin" })).toThrow(/OTEL_TRACES_EXPORTER: expected otlp, console or none, got "zipkin"/);
-    expect(() => withEnv({ OTEL_EXPORTER_OTLP_ENDPOINT: "http://c:4317", OTEL_EXPORTER_OTLP_PROTOCOL: "grpc" })).toThrow(/OTEL_EXPORTER_OTLP_PROTOCOL/);
+    expect(() => withEnv({ OTEL_EXPORTER_OTLP_ENDPOINT: "http://c:4317", OTEL_EXPORTER_OTLP_PROTOCOL: "thrift" })).toThrow(/OTEL_EXPORTER_OTLP_PROTOCOL/);
   });
 });

@@ -9,7 +9,9 @@ import { createGrpcTransport } from "@connectrpc/connect-node";
 import { FxService } from "../../services/gen/paygate/fx/v1/fx_pb.js";
 import { createLogger } from "../../services/runtime/observability/logger.js";
 import { startServer, type RunningServer, type ServerOptions } from "../../services/runtime/rpc/server.js";
-import { addSpanProcessor, flushTracing, rpcClientTracing, withSpan } from "../../services/runtime/observability/tracing.js";
+import { rpcClientTracing } from "../../services/runtime/observability/rpc-spans.js";
+import { withSpan } from "../../services/runtime/observability/spans.js";
+import { addSpanProcessor, flushTracing } from "../../services/runtime/observability/tracing.js";
 import { sleep, waitFor } from "../support/stack.js";
 
 vi.setConfig({ testTimeout: 60_000, hookTimeout: 60_000 });

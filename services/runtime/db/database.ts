@@ -11,7 +11,7 @@ import pg from "pg";
 import { context, SpanKind, SpanStatusCode, trace, type Span } from "@opentelemetry/api";
 import { DomainError } from "../errors.js";
 import { gauge, histogram, counter } from "../observability/metrics.js";
-import { contextAttributes, errorType, tracer } from "../observability/tracing.js";
+import { contextAttributes, errorType, tracer } from "../observability/spans.js";
 
 export interface Queryable {
   query<T = Record<string, unknown>>(sql: string, params?: unknown[]): Promise<{ rows: T[]; rowCount: number }>;

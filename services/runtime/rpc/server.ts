@@ -23,7 +23,9 @@ import { registerReflection } from "./reflection.js";
 import { cutOffAt, errorMapping, refuseWhileDraining, rpcLog } from "./interceptors.js";
 import { metricsHandler, rpcServerMetrics } from "../observability/metrics.js";
 import { textGuard } from "./text.js";
-import { flushTracing, initTracing, rpcServerTracing, tracedHttpHandler, tracingInfo } from "../observability/tracing.js";
+import { tracedHttpHandler } from "../observability/http-spans.js";
+import { rpcServerTracing } from "../observability/rpc-spans.js";
+import { flushTracing, initTracing, tracingInfo } from "../observability/tracing.js";
 import { HealthCheckResponse_ServingStatus as ServingStatus } from "../../gen/health/v1/health_pb.js";
 import type { Logger } from "../observability/logger.js";
 

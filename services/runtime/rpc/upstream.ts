@@ -32,7 +32,7 @@ import type { DescService } from "@bufbuild/protobuf";
 import { Health, HealthCheckResponse_ServingStatus as ServingStatus } from "../../gen/health/v1/health_pb.js";
 import { connectTimeout, Http2Upstream, MAX_TIMEOUT_MS } from "./http2-upstream.js";
 import { rpcClientMetrics } from "../observability/metrics.js";
-import { rpcClientTracing } from "../observability/tracing.js";
+import { rpcClientTracing } from "../observability/rpc-spans.js";
 import type { ReadinessCheck } from "./server.js";
 
 export function upstreamTransport(baseUrl: string, sessions: ConstructorParameters<typeof Http2Upstream>[1] = {}): Transport {
