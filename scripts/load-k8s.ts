@@ -350,19 +350,31 @@ async function run(o: Options, interrupted: AbortSignal, created: (what: { name:
   const timeoutS = o.timeoutS ?? durationS + 300;
   const deadline = Date.now() + timeoutS * 1000;
   const pod = await waitForPod(core, namespace, name, Math.min(180_000, deadline - Date.now()), interrupted);
-  // The runner's output, as it comes; the stream ends when the container does.
-  await new Promise<void>((resolve) => {
+  // The runner's output, as it comes (the stream ends when the container does), while the pod
+  // is watched for its end: a log stream cut short must not leave the run waiting.
+  let stopLog: AbortController | undefined;
+  const logEnded = new Promise<void>((resolve) => {
     const out = new Writable({ write: (chunk: Buffer, _enc, cb) => (process.stdout.write(chunk), cb()) });
-    const following = new k8s.Log(kc).log(namespace, pod.metadata!.name!, "load", out, () => resolve(), { follow: true });
-    void following.then((abort) => interrupted.addEventListener("abort", () => abort.abort(), { once: true }), () => resolve());
+    out.on("finish", () => resolve());
+    new k8s.Log(kc).log(namespace, pod.metadata!.name!, "load", out, { follow: true }).then(
+      (abort) => (stopLog = abort),
+      (err: unknown) => (process.stderr.write(`load:k8s: no log of the Job's pod: ${describe(err)}\n`), resolve()),
+    );
   });
-  for (;;) {
-    if (interrupted.aborted) throw new RunError("interrupted");
-    const { items } = await core.listNamespacedPod({ namespace, labelSelector: `app.kubernetes.io/instance=${name}` });
-    const code = exitCodeOf(items[0]);
-    if (code !== undefined) return code;
-    if (Date.now() > deadline) throw new RunError(`job/${name} did not end within ${timeoutS} s`);
-    await sleep(1000);
+  try {
+    for (;;) {
+      if (interrupted.aborted) throw new RunError("interrupted");
+      const { items } = await core.listNamespacedPod({ namespace, labelSelector: `app.kubernetes.io/instance=${name}` });
+      const code = exitCodeOf(items[0]);
+      if (code !== undefined) {
+        await Promise.race([logEnded, sleep(5000)]);
+        return code;
+      }
+      if (Date.now() > deadline) throw new RunError(`job/${name} did not end within ${timeoutS} s`);
+      await sleep(1000);
+    }
+  } finally {
+    stopLog?.abort();
   }
 }
 

@@ -10,6 +10,8 @@ import { Secret } from "kubernetes-models/v1/Secret";
 import { parseAllDocuments } from "yaml";
 import { describe, expect, it, vi } from "vitest";
 import { writeFileSync } from "node:fs";
+import http from "node:http";
+import type { AddressInfo } from "node:net";
 import path from "node:path";
 import { chartFullname, cleanup, exitCodeOf, loadJobObjects, prepare, type CleanupApi, type LoadJobOptions, type Options } from "../../scripts/load-k8s.js";
 import { UsageError } from "../../services/loadtest/params.js";
@@ -189,5 +191,114 @@ describe("load:k8s options", () => {
     });
     expect(result.code).toBe(2);
     expect(result.stderr).toMatch(/^load:k8s: VUS: expected a whole number from 1 to 1000/);
+  });
+});
+
+describe("load:k8s against a stand-in Kubernetes API", () => {
+  /**
+   * Answers the calls load:k8s makes, as the API server would: the release's gateway Service
+   * and Deployment, the objects it creates, the Job's pod (ended with `exitCode`), its log, and
+   * the deletes. Records every call.
+   */
+  async function fakeApiServer(exitCode: number) {
+    const calls: string[] = [];
+    const created: Record<string, { metadata: { name: string } }> = {};
+    let podDeleted = false;
+    const server = http.createServer((req, res) => {
+      let body = "";
+      req.on("data", (d: Buffer) => (body += d.toString()));
+      req.on("end", () => {
+        const url = new URL(req.url!, "http://api");
+        calls.push(`${req.method} ${url.pathname}`);
+        const send = (status: number, value: unknown) => {
+          res.writeHead(status, { "content-type": "application/json" });
+          res.end(JSON.stringify(value));
+        };
+        const ns = "/api/v1/namespaces/paygate";
+        const created1 = /^\/(?:api\/v1|apis\/batch\/v1)\/namespaces\/paygate\/(secrets|configmaps|jobs)$/.exec(url.pathname);
+        if (req.method === "GET" && url.pathname === `${ns}/services/paygate-gateway`) return send(200, { kind: "Service", spec: { ports: [{ name: "rpc", port: 8080 }] } });
+        if (req.method === "GET" && url.pathname === "/apis/apps/v1/namespaces/paygate/deployments/paygate-gateway") {
+          return send(200, { kind: "Deployment", spec: { selector: {}, template: { spec: { containers: [{ name: "gateway", image: "paygate:0.1.0", imagePullPolicy: "Never" }] } } } });
+        }
+        if (req.method === "POST" && created1) {
+          const object = JSON.parse(body) as { metadata: { name: string } };
+          created[created1[1]!] = object;
+          return send(201, object);
+        }
+        if (req.method === "GET" && url.pathname === `${ns}/pods`) {
+          const items = created.jobs && !podDeleted ? [{ metadata: { name: "load-pod" }, status: { phase: exitCode === 0 ? "Succeeded" : "Failed", containerStatuses: [{ name: "load", image: "", imageID: "", ready: false, restartCount: 0, state: { terminated: { exitCode } } }] } }] : [];
+          return send(200, { kind: "PodList", items });
+        }
+        if (req.method === "GET" && url.pathname === `${ns}/pods/load-pod/log`) {
+          res.writeHead(200, { "content-type": "text/plain" });
+          return res.end(`payments   20 sent (container ${url.searchParams.get("container")}, follow ${url.searchParams.get("follow")})\n`);
+        }
+        if (req.method === "DELETE") {
+          if (url.pathname === `${ns}/pods`) podDeleted = true;
+          return send(200, { kind: "Status", status: "Success" });
+        }
+        send(404, { kind: "Status", code: 404, message: `no ${req.method} ${url.pathname} here` });
+      });
+    });
+    await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+    return { server, calls, created, port: (server.address() as AddressInfo).port };
+  }
+
+  it.each([99, 0])("creates the Secret, ConfigMap and Job, streams the pod's log, deletes them all and exits with the runner's code (%i)", async (exitCode) => {
+    const api = await fakeApiServer(exitCode);
+    const dir = tempDir("paygate-load-k8s-flow-");
+    try {
+      const kubeconfig = path.join(dir.dir, "kubeconfig");
+      writeFileSync(
+        kubeconfig,
+        `apiVersion: v1\nkind: Config\nclusters: [{name: fake, cluster: {server: "http://127.0.0.1:${api.port}", insecure-skip-tls-verify: true}}]\nusers: [{name: u, user: {token: t}}]\ncontexts: [{name: fake, context: {cluster: fake, user: u}}]\ncurrent-context: fake\n`,
+      );
+      const csv = path.join(dir.dir, "rows.csv");
+      writeFileSync(csv, "id,currency,amount,source_account,destination_account\nD-1,USD,1.00,acme_usd,globex_usd\n");
+      const result = await new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve) => {
+        const child = spawn(process.execPath, ["--import", "tsx", "scripts/load-k8s.ts", "--script", "csv", "--csv", csv, "--vus", "2", "--duration", "5s", "--thresholds", "p(99)<0.001"], {
+          cwd: repoRoot,
+          env: { PATH: process.env.PATH ?? "", HOME: dir.dir, KUBECONFIG: kubeconfig, API_KEY: "pgk_flow_key", TX_ID: "FLOW" },
+          stdio: ["ignore", "pipe", "pipe"],
+        });
+        let stdout = "";
+        let stderr = "";
+        child.stdout.on("data", (d: Buffer) => (stdout += d.toString()));
+        child.stderr.on("data", (d: Buffer) => (stderr += d.toString()));
+        child.on("close", (code) => resolve({ code, stdout, stderr }));
+      });
+      expect(result.code, result.stderr).toBe(exitCode);
+      expect(result.stdout).toBe("payments   20 sent (container load, follow true)\n");
+      const name = api.created.jobs!.metadata.name;
+      expect(name).toMatch(/^paygate-load-[0-9a-f]{8}$/);
+      expect(api.created.secrets!.metadata.name).toBe(name);
+      expect(api.created.configmaps).toMatchObject({ metadata: { name }, data: { "rows.csv": expect.stringContaining("D-1,USD,1.00") } });
+      const env = (api.created.jobs as unknown as { spec: { template: { spec: { containers: { image: string; imagePullPolicy: string; env: { name: string; value?: string }[] }[] } } } }).spec.template.spec.containers[0]!;
+      expect(env.image).toBe("paygate:0.1.0");
+      expect(env.imagePullPolicy).toBe("Never");
+      expect(Object.fromEntries(env.env.filter((e) => e.value !== undefined).map((e) => [e.name, e.value]))).toEqual({
+        PAYMENTS: "http://paygate-gateway.paygate.svc.cluster.local:8080",
+        SCRIPT: "csv",
+        CSV_PATH: "/load/rows.csv",
+        VUS: "2",
+        DURATION: "5s",
+        TX_ID: "FLOW",
+        THRESHOLDS: "p(99)<0.001",
+      });
+      const writes = api.calls.filter((c) => !c.startsWith("GET"));
+      expect(writes).toEqual([
+        "POST /api/v1/namespaces/paygate/secrets",
+        "POST /api/v1/namespaces/paygate/configmaps",
+        "POST /apis/batch/v1/namespaces/paygate/jobs",
+        `DELETE /apis/batch/v1/namespaces/paygate/jobs/${name}`,
+        "DELETE /api/v1/namespaces/paygate/pods",
+        `DELETE /api/v1/namespaces/paygate/configmaps/${name}`,
+        `DELETE /api/v1/namespaces/paygate/secrets/${name}`,
+      ]);
+      expect(result.stderr).toContain(`job/${name} and everything it came with deleted; exit ${exitCode}`);
+    } finally {
+      api.server.close();
+      dir.remove();
+    }
   });
 });
