@@ -8,6 +8,8 @@ import {
   CaptureMethod,
   CapturePaymentResponseSchema,
   CreatePaymentResponseSchema,
+  type CreatePaymentRequest,
+  type CreatePaymentResponse,
   PaymentSchema,
   PaymentsService,
   RefundPaymentResponseSchema,
@@ -24,12 +26,12 @@ import { convertMinor } from "../runtime/money/conversion.js";
 import { currencyInfo } from "../runtime/money/money.js";
 import type { EventFeed } from "./events.js";
 import { IDEMPOTENCY_HEADER, MERCHANT_HEADER, REPLAYED_HEADER } from "../runtime/rpc/headers.js";
-import type { ClaimedKey, FirstWrite, IdempotencyKeys } from "./idempotency.js";
+import type { Answer, Attempt, ClaimWrite, HeldKey, IdempotencyKeys, RunOptions } from "./idempotency.js";
 import { recordReplay } from "./metrics.js";
 import type { AccountDirectory } from "./accounts.js";
 import { isFinal, paymentMessage, resumable, statusFromProto, type PaymentRecord } from "./payment.js";
 import { reasonOf, type Saga } from "./saga.js";
-import type { KeyCompletion, PaymentStore } from "./store.js";
+import { endsRequest, type KeyCompletion, type PaymentStore } from "./store.js";
 
 export interface PaymentsDeps {
   store: PaymentStore;
@@ -49,6 +51,27 @@ export interface PaymentsDeps {
 
 const MAX_METADATA = 20;
 
+/** A CreatePayment request, checked: the payment asked for, before its accounts are looked up. */
+interface PaymentOrder {
+  merchantId: string;
+  sourceAccountId: string;
+  destinationAccountId: string;
+  amount: { currency: string; amountMinor: bigint };
+  settlementCurrency: string;
+  manual: boolean;
+  merchantReference: string;
+  /** Sorted by key. */
+  metadata: [string, string][];
+  /** What identifies the request under an Idempotency-Key. */
+  fingerprint: unknown[];
+}
+
+/** A payment's two accounts, as the wallet describes them. */
+interface PaymentAccounts {
+  source: WalletAccount;
+  destination: WalletAccount;
+}
+
 /** Whether `check` returns without throwing. */
 function passes(check: () => void): boolean {
   try {
@@ -59,22 +82,110 @@ function passes(check: () => void): boolean {
   }
 }
 
+/** Checks what can be checked of a CreatePayment request without asking anyone. */
+function checkOrder(req: CreatePaymentRequest, merchantId: string): PaymentOrder {
+  const amount = readMoney(req.amount, "amount");
+  requirePositive(amount.amountMinor, "amount");
+  if (req.sourceAccountId !== "" && req.sourceAccountId === req.destinationAccountId) {
+    throw invalidArgument("SAME_ACCOUNT", "destination_account_id", "destination_account_id: must differ from source_account_id");
+  }
+  if (req.settlementCurrency !== "") currencyInfo(req.settlementCurrency, "settlement_currency");
+  const metadata = Object.entries(req.metadata).sort(([a], [b]) => (a < b ? -1 : 1));
+  if (metadata.length > MAX_METADATA) throw invalidArgument("TOO_MUCH_METADATA", "metadata", `metadata: at most ${MAX_METADATA} keys, got ${metadata.length}`);
+  if (req.merchantReference.length > 255) throw invalidArgument("REFERENCE_TOO_LONG", "merchant_reference", "merchant_reference: at most 255 characters");
+  const manual = req.captureMethod === CaptureMethod.MANUAL;
+  return {
+    merchantId,
+    sourceAccountId: req.sourceAccountId,
+    destinationAccountId: req.destinationAccountId,
+    amount,
+    settlementCurrency: req.settlementCurrency,
+    manual,
+    merchantReference: req.merchantReference,
+    metadata,
+    fingerprint: ["create", req.sourceAccountId, req.destinationAccountId, amount, req.settlementCurrency, manual, req.merchantReference, metadata],
+  };
+}
+
+/** Another merchant's account is reported exactly like a missing one. */
+function requireOwned(order: PaymentOrder, source: WalletAccount): void {
+  if (source.ownerId !== order.merchantId) throw notFound("ACCOUNT_NOT_FOUND", `source_account_id: no account ${JSON.stringify(source.id)}`, "source_account_id");
+}
+
+function requireCurrencies(order: PaymentOrder, { source, destination }: PaymentAccounts): void {
+  if (source.currency !== order.amount.currency) {
+    throw invalidArgument("CURRENCY_MISMATCH", "amount.currency", `amount.currency: source account ${source.id} holds ${source.currency}, not ${order.amount.currency}`);
+  }
+  if (order.settlementCurrency !== "" && order.settlementCurrency !== destination.currency) {
+    throw invalidArgument("CURRENCY_MISMATCH", "settlement_currency", `settlement_currency: destination account ${destination.id} holds ${destination.currency}, not ${order.settlementCurrency}`);
+  }
+}
+
+/**
+ * The id of the payment made under a key's `scope` (a new one without a key): a retry taking
+ * over from an attempt whose process died finds that attempt's payment and finishes it,
+ * instead of paying a second time.
+ */
+function paymentIdIn(scope: string | undefined): string {
+  return scope === undefined ? newId("pay") : `pay_${createHash("sha256").update(scope).digest("hex").slice(0, 32)}`;
+}
+
+/** The PENDING payment `order` asks for, between `accounts`. */
+function newPayment(order: PaymentOrder, id: string, { source, destination }: PaymentAccounts, now: Date): PaymentRecord {
+  return {
+    id,
+    merchantId: order.merchantId,
+    merchantReference: order.merchantReference,
+    sourceAccountId: source.id,
+    destinationAccountId: destination.id,
+    currency: order.amount.currency,
+    amountMinor: order.amount.amountMinor,
+    settlementCurrency: destination.currency,
+    settlementMinor: destination.currency === order.amount.currency ? order.amount.amountMinor : null,
+    fxRate: null,
+    fxQuoteId: null,
+    captureMethod: order.manual ? "MANUAL" : "AUTOMATIC",
+    status: "PENDING",
+    capturedMinor: 0n,
+    settlementCapturedMinor: 0n,
+    refundedMinor: 0n,
+    settlementRefundedMinor: 0n,
+    failureReason: "",
+    failureMessage: "",
+    riskDecisionId: "",
+    riskScore: 0,
+    metadata: Object.fromEntries(order.metadata),
+    version: 0n,
+    createdAt: now,
+    updatedAt: now,
+  };
+}
+
+const createResponse = (p: PaymentRecord): CreatePaymentResponse => create(CreatePaymentResponseSchema, { payment: paymentMessage(p) });
+
+/**
+ * The answer of a request whose last write left the payment as `moved`: that write kept it
+ * under the key when one is held and the write ended the request's work (see transition).
+ */
+function answerAfterWrite<R>(attempt: Attempt<unknown>, moved: PaymentRecord, response: R): Answer<R> {
+  return { response, kept: attempt.key !== undefined && endsRequest(moved) };
+}
+
 export function paymentsService(deps: PaymentsDeps): ServiceImpl<typeof PaymentsService> {
   const { store, saga, keys, feed } = deps;
   const call = (ctx: HandlerContext) => downstream(ctx, deps.upstreamTimeoutMs);
 
   /** Runs a write under the request's Idempotency-Key, marking replays (answers and stored failures) with a header. */
-  async function idempotent<R>(
+  async function idempotent<S extends DescMessage, T = never>(
     ctx: HandlerContext,
     merchantId: string,
     request: unknown,
-    schema: Parameters<IdempotencyKeys["run"]>[3],
-    fn: (scope: string | undefined, claimed: ClaimedKey | undefined, firstWritten: boolean) => Promise<R>,
-    firstWrite?: FirstWrite,
-    final?: (response: R) => boolean,
-  ): Promise<R> {
+    schema: S,
+    work: (attempt: Attempt<T>) => Promise<Answer<MessageShape<S>>>,
+    opts?: RunOptions<MessageShape<S>, T>,
+  ): Promise<MessageShape<S>> {
     const key = ctx.requestHeader.get(IDEMPOTENCY_HEADER) ?? "";
-    const { response, replayed } = await keys.run(merchantId, key, request, schema, fn as never, firstWrite, final as never).catch((err: unknown) => {
+    const { response, replayed } = await keys.run(merchantId, key, request, schema, work, opts).catch((err: unknown) => {
       if (err instanceof ConnectError && err.metadata.get(REPLAYED_HEADER) === "true") recordReplay(ctx.method.name);
       throw err;
     });
@@ -82,12 +193,12 @@ export function paymentsService(deps: PaymentsDeps): ServiceImpl<typeof Payments
       ctx.responseHeader.set(REPLAYED_HEADER, "true");
       recordReplay(ctx.method.name);
     }
-    return response as R;
+    return response;
   }
 
   /** Lets the write that ends a request store its response under the request's key (see PaymentStore.transition). */
-  function completion<S extends DescMessage>(claimed: ClaimedKey | undefined, schema: S, response: (moved: PaymentRecord) => MessageShape<S>): KeyCompletion | undefined {
-    return claimed && { key: claimed, response: (moved) => toBinary(schema, response(moved)) };
+  function completion<S extends DescMessage>(key: HeldKey | undefined, schema: S, response: (moved: PaymentRecord) => MessageShape<S>): KeyCompletion | undefined {
+    return key && { key, response: (moved) => toBinary(schema, response(moved)) };
   }
 
   /** An account from the wallet, as a payment sees it (the field named is the payment's). */
@@ -99,6 +210,58 @@ export function paymentsService(deps: PaymentsDeps): ServiceImpl<typeof Payments
       if (err instanceof ConnectError && err.code === Code.NotFound) throw notFound("ACCOUNT_NOT_FOUND", `${field}: no account ${JSON.stringify(id)}`, field);
       throw err;
     }
+  }
+
+  /** The order's accounts from the wallet, each checked as soon as it is known. */
+  async function resolveAccounts(order: PaymentOrder, ctx: HandlerContext): Promise<PaymentAccounts> {
+    const source = await account(order.sourceAccountId, "source_account_id", ctx);
+    requireOwned(order, source);
+    const accounts = { source, destination: await account(order.destinationAccountId, "destination_account_id", ctx) };
+    requireCurrencies(order, accounts);
+    return accounts;
+  }
+
+  /**
+   * With both accounts already known and the order fine with them, a new payment is inserted
+   * in the statement that claims a new key; otherwise undefined, and createOrResume() inserts it.
+   */
+  function createWithClaim(order: PaymentOrder): ClaimWrite<PaymentRecord> | undefined {
+    const source = deps.accounts.peek(order.sourceAccountId);
+    const destination = deps.accounts.peek(order.destinationAccountId);
+    if (!source || !destination) return undefined;
+    const accounts = { source, destination };
+    if (!passes(() => (requireOwned(order, source), requireCurrencies(order, accounts)))) return undefined;
+    return (scope, newKey) => store.creationWithClaim(newPayment(order, paymentIdIn(scope), accounts, deps.now()), deps.instanceId, deps.leaseMs, newKey);
+  }
+
+  /**
+   * The payment this attempt created (with the key's claim, or now), for the saga to run; or,
+   * when an earlier attempt under the same key created it, that payment driven on.
+   */
+  async function createOrResume(order: PaymentOrder, attempt: Attempt<PaymentRecord>, ctx: HandlerContext): Promise<{ created: PaymentRecord } | { resumed: PaymentRecord }> {
+    if (attempt.writtenWithClaim) {
+      store.created(attempt.writtenWithClaim);
+      return { created: attempt.writtenWithClaim };
+    }
+    const fresh = newPayment(order, paymentIdIn(attempt.scope), await resolveAccounts(order, ctx), deps.now());
+    const created = await store.create(fresh, deps.instanceId, deps.leaseMs);
+    // Only under a key can the id exist already: an earlier attempt's payment.
+    return created ? { created } : { resumed: await resume(await store.get(fresh.id), ctx) };
+  }
+
+  /**
+   * Runs the saga on a payment this request created; its last write keeps the response under
+   * `key` when it ends the payment's run. A payment left resumable gives up its lease.
+   */
+  async function runSaga(created: PaymentRecord, key: HeldKey | undefined, ctx: HandlerContext): Promise<PaymentRecord> {
+    let p = created;
+    try {
+      p = await saga.run(p, call(ctx), completion(key, CreatePaymentResponseSchema, createResponse));
+    } finally {
+      // A payment that left the resumable states dropped its lease as it moved.
+      if (resumable(p)) await store.releaseLease(p.id, deps.instanceId);
+    }
+    return p;
   }
 
   /**
@@ -127,106 +290,26 @@ export function paymentsService(deps: PaymentsDeps): ServiceImpl<typeof Payments
 
   return {
     async createPayment(req, ctx) {
-      const merchantId = merchantOf(req.merchantId, ctx);
-      const amount = readMoney(req.amount, "amount");
-      requirePositive(amount.amountMinor, "amount");
-      if (req.sourceAccountId !== "" && req.sourceAccountId === req.destinationAccountId) {
-        throw invalidArgument("SAME_ACCOUNT", "destination_account_id", "destination_account_id: must differ from source_account_id");
-      }
-      if (req.settlementCurrency !== "") currencyInfo(req.settlementCurrency, "settlement_currency");
-      const metadata = Object.entries(req.metadata).sort(([a], [b]) => (a < b ? -1 : 1));
-      if (metadata.length > MAX_METADATA) throw invalidArgument("TOO_MUCH_METADATA", "metadata", `metadata: at most ${MAX_METADATA} keys, got ${metadata.length}`);
-      if (req.merchantReference.length > 255) throw invalidArgument("REFERENCE_TOO_LONG", "merchant_reference", "merchant_reference: at most 255 characters");
-      const manual = req.captureMethod === CaptureMethod.MANUAL;
-      const fingerprint = ["create", req.sourceAccountId, req.destinationAccountId, amount, req.settlementCurrency, manual, req.merchantReference, metadata];
-
-      // Another merchant's account is reported exactly like a missing one.
-      const requireOwned = (source: WalletAccount) => {
-        if (source.ownerId !== merchantId) throw notFound("ACCOUNT_NOT_FOUND", `source_account_id: no account ${JSON.stringify(source.id)}`, "source_account_id");
-      };
-      const requireCurrencies = (source: WalletAccount, destination: WalletAccount) => {
-        if (source.currency !== amount.currency) {
-          throw invalidArgument("CURRENCY_MISMATCH", "amount.currency", `amount.currency: source account ${source.id} holds ${source.currency}, not ${amount.currency}`);
-        }
-        if (req.settlementCurrency !== "" && req.settlementCurrency !== destination.currency) {
-          throw invalidArgument("CURRENCY_MISMATCH", "settlement_currency", `settlement_currency: destination account ${destination.id} holds ${destination.currency}, not ${req.settlementCurrency}`);
-        }
-      };
-      // Under an Idempotency-Key the payment id comes from the key's scope: a retry taking
-      // over from an attempt whose process died finds that attempt's payment and finishes
-      // it, instead of paying a second time.
-      const idIn = (scope: string | undefined) => (scope === undefined ? newId("pay") : `pay_${createHash("sha256").update(scope).digest("hex").slice(0, 32)}`);
-      const newPayment = (id: string, source: WalletAccount, destination: WalletAccount): PaymentRecord => {
-        const now = deps.now();
-        return {
-          id,
-          merchantId,
-          merchantReference: req.merchantReference,
-          sourceAccountId: source.id,
-          destinationAccountId: destination.id,
-          currency: amount.currency,
-          amountMinor: amount.amountMinor,
-          settlementCurrency: destination.currency,
-          settlementMinor: destination.currency === amount.currency ? amount.amountMinor : null,
-          fxRate: null,
-          fxQuoteId: null,
-          captureMethod: manual ? "MANUAL" : "AUTOMATIC",
-          status: "PENDING",
-          capturedMinor: 0n,
-          settlementCapturedMinor: 0n,
-          refundedMinor: 0n,
-          settlementRefundedMinor: 0n,
-          failureReason: "",
-          failureMessage: "",
-          riskDecisionId: "",
-          riskScore: 0,
-          metadata: Object.fromEntries(metadata),
-          version: 0n,
-          createdAt: now,
-          updatedAt: now,
-        };
-      };
-      // With both accounts already known and the request fine with them, a new payment is
-      // inserted in the statement that claims a new key.
-      const knownSource = deps.accounts.peek(req.sourceAccountId);
-      const knownDestination = deps.accounts.peek(req.destinationAccountId);
-      let written: PaymentRecord | undefined;
-      let firstWrite: FirstWrite | undefined;
-      const fine = (source: WalletAccount, destination: WalletAccount) => passes(() => (requireOwned(source), requireCurrencies(source, destination)));
-      if (knownSource && knownDestination && fine(knownSource, knownDestination)) {
-        firstWrite = (scope, firstParam, from) => {
-          written = newPayment(idIn(scope), knownSource, knownDestination);
-          return store.creation(written, deps.instanceId, deps.leaseMs, firstParam, from);
-        };
-      }
-
-      return idempotent(ctx, merchantId, fingerprint, CreatePaymentResponseSchema, async (scope, claimed, firstWritten) => {
-        const response = (moved: PaymentRecord) => create(CreatePaymentResponseSchema, { payment: paymentMessage(moved) });
-        let created: PaymentRecord | undefined;
-        if (firstWritten) {
-          created = written!;
-          store.created(created);
-        } else {
-          const source = await account(req.sourceAccountId, "source_account_id", ctx);
-          requireOwned(source);
-          const destination = await account(req.destinationAccountId, "destination_account_id", ctx);
-          requireCurrencies(source, destination);
-          const fresh = newPayment(idIn(scope), source, destination);
-          created = await store.create(fresh, deps.instanceId, deps.leaseMs);
-          // Only under a key can the id exist already: an earlier attempt's payment.
-          if (!created) return response(await resume(await store.get(fresh.id), ctx));
-        }
-        let p = created;
-        try {
-          p = await saga.run(p, call(ctx), completion(claimed, CreatePaymentResponseSchema, response));
-        } finally {
-          // A payment that left the resumable states dropped its lease as it moved.
-          if (resumable(p)) await store.releaseLease(p.id, deps.instanceId);
-        }
-        return response(p);
-        // A payment paused half-way (an upstream down, the deadline passed) is not an answer
-        // to keep: a retry resumes it or reports how it stands then.
-      }, firstWrite, (r) => !unfinished(r.payment!));
+      const order = checkOrder(req, merchantOf(req.merchantId, ctx));
+      return idempotent(
+        ctx,
+        order.merchantId,
+        order.fingerprint,
+        CreatePaymentResponseSchema,
+        async (attempt: Attempt<PaymentRecord>) => {
+          const started = await createOrResume(order, attempt, ctx);
+          // A resumed payment's answer is kept by the key's own write (the saga ran without the key).
+          if ("resumed" in started) return { response: createResponse(started.resumed), kept: false };
+          const p = await runSaga(started.created, attempt.key, ctx);
+          return answerAfterWrite(attempt, p, createResponse(p));
+        },
+        {
+          withClaim: createWithClaim(order),
+          // A payment paused half-way (an upstream down, the deadline passed) is not an answer
+          // to keep: a retry resumes it or reports how it stands then.
+          final: (r) => !unfinished(r.payment!),
+        },
+      );
     },
 
     async getPayment(req, ctx) {
@@ -246,7 +329,7 @@ export function paymentsService(deps: PaymentsDeps): ServiceImpl<typeof Payments
       const id = requirePaymentId(req.paymentId);
       const requested = req.amount ? readMoney(req.amount, "amount") : undefined;
       if (requested) requirePositive(requested.amountMinor, "amount");
-      return idempotent(ctx, merchantId, ["capture", id, requested], CapturePaymentResponseSchema, async (_scope, claimed) => {
+      return idempotent(ctx, merchantId, ["capture", id, requested], CapturePaymentResponseSchema, async (attempt) => {
         const p = await store.get(id, merchantId);
         requireStatus(p, ["AUTHORIZED"], "captured");
         if (requested && requested.currency !== p.currency) throw invalidArgument("CURRENCY_MISMATCH", "amount.currency", `amount.currency: payment ${p.id} is in ${p.currency}, not ${requested.currency}`);
@@ -254,14 +337,15 @@ export function paymentsService(deps: PaymentsDeps): ServiceImpl<typeof Payments
           throw failedPrecondition("CAPTURE_EXCEEDS_AUTHORIZED", `amount: ${requested.amountMinor} is more than the ${p.amountMinor} minor units authorized`, "amount");
         }
         const response = (moved: PaymentRecord) => create(CapturePaymentResponseSchema, { payment: paymentMessage(moved) });
-        return response(await saga.capture(p, requested?.amountMinor, call(ctx), completion(claimed, CapturePaymentResponseSchema, response)));
+        const captured = await saga.capture(p, requested?.amountMinor, call(ctx), completion(attempt.key, CapturePaymentResponseSchema, response));
+        return answerAfterWrite(attempt, captured, response(captured));
       });
     },
 
     async cancelPayment(req, ctx) {
       const merchantId = merchantOf(req.merchantId, ctx);
       const id = requirePaymentId(req.paymentId);
-      return idempotent(ctx, merchantId, ["cancel", id, req.reason], CancelPaymentResponseSchema, async (_scope, claimed) => {
+      return idempotent(ctx, merchantId, ["cancel", id, req.reason], CancelPaymentResponseSchema, async (attempt) => {
         const p = await store.get(id, merchantId);
         requireStatus(p, ["AUTHORIZED"], "canceled");
         try {
@@ -271,8 +355,9 @@ export function paymentsService(deps: PaymentsDeps): ServiceImpl<typeof Payments
           if (!(err instanceof ConnectError) || reasonOf(err) !== "HOLD_EXPIRED") throw err;
         }
         const response = (moved: PaymentRecord) => create(CancelPaymentResponseSchema, { payment: paymentMessage(moved) });
-        const complete = completion(claimed, CancelPaymentResponseSchema, response);
-        return response(await store.transition(p, { to: "CANCELED", event: "payment.canceled", patch: { failureMessage: req.reason } }, { complete }));
+        const complete = completion(attempt.key, CancelPaymentResponseSchema, response);
+        const canceled = await store.transition(p, { to: "CANCELED", event: "payment.canceled", patch: { failureMessage: req.reason } }, { complete });
+        return answerAfterWrite(attempt, canceled, response(canceled));
       });
     },
 
@@ -281,7 +366,7 @@ export function paymentsService(deps: PaymentsDeps): ServiceImpl<typeof Payments
       const id = requirePaymentId(req.paymentId);
       const requested = req.amount ? readMoney(req.amount, "amount") : undefined;
       if (requested) requirePositive(requested.amountMinor, "amount");
-      return idempotent(ctx, merchantId, ["refund", id, requested, req.reason], RefundPaymentResponseSchema, async (_scope, claimed) => {
+      return idempotent(ctx, merchantId, ["refund", id, requested, req.reason], RefundPaymentResponseSchema, async (attempt) => {
         const p = await store.get(id, merchantId);
         requireStatus(p, ["CAPTURED", "PARTIALLY_REFUNDED"], "refunded");
         if (requested && requested.currency !== p.currency) throw invalidArgument("CURRENCY_MISMATCH", "amount.currency", `amount.currency: payment ${p.id} is in ${p.currency}, not ${requested.currency}`);
@@ -324,9 +409,9 @@ export function paymentsService(deps: PaymentsDeps): ServiceImpl<typeof Payments
             event: "payment.refunded",
             patch: { refundedMinor: p.refundedMinor + amountMinor, settlementRefundedMinor: p.settlementRefundedMinor + settlementMinor },
           },
-          { also: (tx) => store.insertRefund(tx, refund), complete: completion(claimed, RefundPaymentResponseSchema, response) },
+          { also: (tx) => store.insertRefund(tx, refund), complete: completion(attempt.key, RefundPaymentResponseSchema, response) },
         );
-        return response(refunded);
+        return answerAfterWrite(attempt, refunded, response(refunded));
       });
     },
 

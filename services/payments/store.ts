@@ -1,19 +1,28 @@
 // Payments, refunds and events in the database. Every state change is a conditional UPDATE
 // (only from a state that may legally lead to the new one) plus its event, in one transaction.
+// This module owns the payments, payment_events and refunds tables: every statement on them
+// is written here, also the part a key's claim embeds (creationWithClaim).
 import { toBinary } from "@bufbuild/protobuf";
 import { PaymentSchema } from "../gen/paygate/payments/v1/payments_pb.js";
 import type { Database, Queryable } from "../runtime/db/database.js";
 import { DomainError, failedPrecondition, invalidArgument, notFound } from "../runtime/errors.js";
 import { newId } from "../runtime/ids.js";
-import type { ClaimedKey } from "./idempotency.js";
+import { keepResponse, type HeldKey, type WriteWithClaim } from "./idempotency.js";
 import { recordStatus } from "./metrics.js";
 import { paymentMessage, resumable, TRANSITIONS, type PaymentRecord, type Status } from "./payment.js";
+import { compose, join, query, sql, type Sql } from "./sql.js";
 
 /** An idempotency key whose response a payment's final write stores, and that response given the payment as written. */
 export interface KeyCompletion {
-  key: ClaimedKey;
+  key: HeldKey;
   response: (p: PaymentRecord) => Uint8Array;
 }
+
+/**
+ * Whether a write leaving a payment as `p` ends the request's work: given a KeyCompletion,
+ * such a write keeps the request's response under its key (see transition).
+ */
+export const endsRequest = (p: Pick<PaymentRecord, "status" | "captureMethod">): boolean => !resumable(p);
 
 interface PaymentRow {
   id: string;
@@ -128,36 +137,19 @@ export class PaymentStore {
    * statement; undefined when a payment with its id exists already.
    */
   async create(p: PaymentRecord, leaseOwner: string, leaseMs: number): Promise<PaymentRecord | undefined> {
-    const { ctes, params } = this.creation(p, leaseOwner, leaseMs, 1, "");
-    const { rowCount } = await this.db.query(`WITH ${ctes} SELECT id FROM first`, params);
+    const { rowCount } = await query(this.db, compose`WITH ${insertion(p, leaseOwner, leaseMs)} SELECT id FROM created`);
     if (rowCount === 0) return undefined;
     this.created(p);
     return p;
   }
 
   /**
-   * create() as part of another statement: CTEs (parameters from `firstParam` on) inserting
-   * `p` and its event once per row `from` yields (a FROM clause; "" for once), the one named
-   * `first` yielding its id when inserted. Call created() once that statement inserted it.
+   * create() made in the statement that claims a new idempotency key (see WriteWithClaim):
+   * `p` and its event are inserted once per row of `newKey`. Call created() once that
+   * statement says it wrote.
    */
-  creation(p: PaymentRecord, leaseOwner: string, leaseMs: number, firstParam: number, from: string): { ctes: string; params: unknown[] } {
-    const params: unknown[] = [];
-    const $ = (value: unknown, type: string) => `$${firstParam + params.push(value) - 1}::${type}`;
-    const id = $(p.id, "text");
-    const merchant = $(p.merchantId, "text");
-    const at = $(p.createdAt, "timestamptz");
-    const ctes = `first AS (
-         INSERT INTO payments (id, merchant_id, merchant_reference, source_account_id, destination_account_id, currency, amount_minor,
-           settlement_currency, settlement_minor, capture_method, status, metadata, lease_owner, lease_until, version, created_at, updated_at)
-         SELECT ${id}, ${merchant}, ${$(p.merchantReference, "text")}, ${$(p.sourceAccountId, "text")}, ${$(p.destinationAccountId, "text")},
-           ${$(p.currency, "text")}, ${$(p.amountMinor, "int8")}, ${$(p.settlementCurrency, "text")}, ${$(p.settlementMinor, "int8")},
-           ${$(p.captureMethod, "text")}, 'PENDING', ${$(JSON.stringify(p.metadata), "jsonb")}, ${$(leaseOwner, "text")},
-           ${$(new Date(p.createdAt.getTime() + leaseMs), "timestamptz")}, 0, ${at}, ${at} ${from}
-         ON CONFLICT (id) DO NOTHING RETURNING id),
-       first_event AS (
-         INSERT INTO payment_events (id, merchant_id, payment_id, type, payment, occurred_at)
-         SELECT ${$(newId("evt"), "text")}, ${merchant}, id, 'payment.created', ${$(toBinary(PaymentSchema, paymentMessage(p)), "bytea")}, ${at} FROM first)`;
-    return { ctes, params };
+  creationWithClaim(p: PaymentRecord, leaseOwner: string, leaseMs: number, newKey: string): WriteWithClaim<PaymentRecord> {
+    return { ctes: insertion(p, leaseOwner, leaseMs, newKey), wrote: "created", value: p };
   }
 
   /** What follows a new payment's insert: its status counted, event followers woken. */
@@ -193,7 +185,7 @@ export class PaymentStore {
    * the recovery sweep resumes also drops the saga's lease. A payment changed since it was
    * read is ABORTED CONCURRENT_UPDATE, or FAILED_PRECONDITION when its state no longer leads
    * to the first step. With `complete`, a move that leaves the payment where the request's
-   * work ends (not resumable) also stores the request's response under its idempotency key.
+   * work ends (endsRequest) also stores the request's response under its idempotency key.
    */
   async transition(p: PaymentRecord, steps: Step | Step[], opts: { also?: (tx: Queryable, moved: PaymentRecord) => Promise<void>; complete?: KeyCompletion | undefined } = {}): Promise<PaymentRecord> {
     const { also, complete } = opts;
@@ -210,27 +202,33 @@ export class PaymentStore {
       from = step.to;
     }
     const patch: PaymentPatch = Object.assign({}, ...path.map((s) => s.patch));
-    const { sets, values } = assignments(patch, 5 + 3 * path.length);
-    if (!resumable(current)) sets.push("lease_owner = NULL", "lease_until = NULL");
-    const events = path.map((_step, i) => `($${5 + 3 * i}::text, $${6 + 3 * i}::text, $${7 + 3 * i}::bytea, ${i})`);
-    const params: unknown[] = [p.id, p.version, current.status, now, ...path.flatMap((step, i) => [newId("evt"), step.event, toBinary(PaymentSchema, paymentMessage(snapshots[i]!))]), ...values];
-    const completing = complete && !resumable(current) ? complete : undefined;
-    const done = completing
-      ? `, done AS (UPDATE idempotency_keys SET response = $${params.push(completing.response(current))}, locked_until = NULL
-          WHERE merchant_id = $${params.push(completing.key.merchantId)} AND key = $${params.push(completing.key.key)} AND EXISTS (SELECT 1 FROM moved))`
-      : "";
-    const sql = `WITH moved AS (
-        UPDATE payments SET ${["status = $3", "version = version + 1", "updated_at = $4", ...sets].join(", ")}
-        WHERE id = $1 AND version = $2 RETURNING merchant_id)${done}
+    const ends = endsRequest(current);
+    const setting = join(
+      [
+        sql("status = :moved_status, version = version + 1, updated_at = :moved_at", { moved_status: current.status, moved_at: now }),
+        ...assignments(patch),
+        ...(ends ? [sql("lease_owner = NULL, lease_until = NULL")] : []),
+      ],
+      ", ",
+    );
+    const atVersion = sql("id = :moved_id AND version = :moved_version", { moved_id: p.id, moved_version: p.version });
+    const events = path.map((step, i) =>
+      sql(`(:event_id_${i}::text, :event_type_${i}::text, :event_payment_${i}::bytea, ${i})`, {
+        [`event_id_${i}`]: newId("evt"),
+        [`event_type_${i}`]: step.event,
+        [`event_payment_${i}`]: toBinary(PaymentSchema, paymentMessage(snapshots[i]!)),
+      }),
+    );
+    const kept = complete && ends ? compose`, ${keepResponse(complete.key, complete.response(current), "moved")}` : "";
+    const statement = compose`WITH moved AS (UPDATE payments SET ${setting} WHERE ${atVersion} RETURNING merchant_id)${kept}
       INSERT INTO payment_events (id, merchant_id, payment_id, type, payment, occurred_at)
-      SELECT e.id, moved.merchant_id, $1, e.type, e.payment, $4 FROM moved, (VALUES ${events.join(", ")}) AS e(id, type, payment, n) ORDER BY e.n`;
+      SELECT e.id, moved.merchant_id, :moved_id, e.type, e.payment, :moved_at FROM moved, (VALUES ${join(events, ", ")}) AS e(id, type, payment, n) ORDER BY e.n`;
     const write = async (q: Queryable) => {
-      const { rowCount } = await q.query(sql, params);
+      const { rowCount } = await query(q, statement);
       if (rowCount === 0) await this.explainMiss(q, p, path[0]!.to);
       await also?.(q, current);
     };
     await (also ? this.db.transaction(write) : write(this.db));
-    if (completing) completing.key.responseStored = true;
     this.onEvents();
     for (const snapshot of snapshots) recordStatus(snapshot, snapshot === current ? p.refundedMinor : undefined);
     return current;
@@ -314,16 +312,50 @@ export class PaymentStore {
   }
 }
 
-function assignments(patch: PaymentPatch, firstParam: number): { sets: string[]; values: unknown[] } {
-  const sets: string[] = [];
-  const values: unknown[] = [];
-  for (const [field, column] of Object.entries(COLUMNS)) {
-    const value = patch[field as keyof PaymentPatch];
-    if (value === undefined) continue;
-    values.push(value);
-    sets.push(`${column} = $${firstParam + values.length - 1}`);
-  }
-  return { sets, values };
+/** `column = :set_column` for each field `patch` sets. */
+function assignments(patch: PaymentPatch): Sql[] {
+  return Object.entries(COLUMNS)
+    .filter(([field]) => patch[field as keyof PaymentPatch] !== undefined)
+    .map(([field, column]) => sql(`${column} = :set_${column}`, { [`set_${column}`]: patch[field as keyof PaymentPatch] }));
+}
+
+/**
+ * The statement part inserting `p` (leased to `leaseOwner`) and its "payment.created" event,
+ * once, or once per row of the relation `source` when given (a CTE of the same statement).
+ * The CTE `created` returns the id when the payment was inserted (none when it existed).
+ */
+function insertion(p: PaymentRecord, leaseOwner: string, leaseMs: number, source?: string): Sql {
+  return sql(
+    `created AS (
+         INSERT INTO payments (id, merchant_id, merchant_reference, source_account_id, destination_account_id, currency, amount_minor,
+           settlement_currency, settlement_minor, capture_method, status, metadata, lease_owner, lease_until, version, created_at, updated_at)
+         SELECT :payment_id::text, :payment_merchant_id::text, :payment_merchant_reference::text, :payment_source_account_id::text,
+           :payment_destination_account_id::text, :payment_currency::text, :payment_amount_minor::int8, :payment_settlement_currency::text,
+           :payment_settlement_minor::int8, :payment_capture_method::text, 'PENDING', :payment_metadata::jsonb, :payment_lease_owner::text,
+           :payment_lease_until::timestamptz, 0, :payment_created_at::timestamptz, :payment_created_at::timestamptz${source ? ` FROM ${source}` : ""}
+         ON CONFLICT (id) DO NOTHING RETURNING id),
+       created_event AS (
+         INSERT INTO payment_events (id, merchant_id, payment_id, type, payment, occurred_at)
+         SELECT :created_event_id::text, :payment_merchant_id::text, id, 'payment.created', :created_event_payment::bytea, :payment_created_at::timestamptz FROM created)`,
+    {
+      payment_id: p.id,
+      payment_merchant_id: p.merchantId,
+      payment_merchant_reference: p.merchantReference,
+      payment_source_account_id: p.sourceAccountId,
+      payment_destination_account_id: p.destinationAccountId,
+      payment_currency: p.currency,
+      payment_amount_minor: p.amountMinor,
+      payment_settlement_currency: p.settlementCurrency,
+      payment_settlement_minor: p.settlementMinor,
+      payment_capture_method: p.captureMethod,
+      payment_metadata: JSON.stringify(p.metadata),
+      payment_lease_owner: leaseOwner,
+      payment_lease_until: new Date(p.createdAt.getTime() + leaseMs),
+      payment_created_at: p.createdAt,
+      created_event_id: newId("evt"),
+      created_event_payment: toBinary(PaymentSchema, paymentMessage(p)),
+    },
+  );
 }
 
 const concurrentUpdate = (id: string) => new DomainError("aborted", "CONCURRENT_UPDATE", `payment ${id} changed while this request ran; retry`, "payment_id");

@@ -12,9 +12,9 @@ import { DomainError } from "../../services/runtime/errors.js";
 import type { Database } from "../../services/runtime/db/database.js";
 import { migrate } from "../../services/runtime/db/migrate.js";
 import { paymentRecord as payment } from "../support/payments.js";
-import { IdempotencyKeys, type FirstWrite } from "../../services/payments/idempotency.js";
+import { IdempotencyKeys, type ClaimWrite } from "../../services/payments/idempotency.js";
 import type { PaymentRecord } from "../../services/payments/payment.js";
-import { PaymentStore } from "../../services/payments/store.js";
+import { endsRequest, PaymentStore } from "../../services/payments/store.js";
 import { storageBackends, testDatabases } from "../support/postgres.js";
 
 const MIGRATIONS = fileURLToPath(new URL("../../services/payments/migrations", import.meta.url));
@@ -133,21 +133,20 @@ describe.each(storageBackends())("payments store on $name", (backend) => {
       (await db.query<{ response: Uint8Array | null; locked_until: Date | null }>("SELECT response, locked_until FROM idempotency_keys WHERE merchant_id = 'm' AND key = $1", [k])).rows[0];
     const claim = async (k: string) => {
       await db.query("INSERT INTO idempotency_keys (merchant_id, key, request_hash, locked_until, created_at, expires_at) VALUES ('m', $1, 'h', now() + interval '1 minute', now(), now() + interval '1 day')", [k]);
-      return { key: { merchantId: "m", key: k, responseStored: false }, response: (moved: PaymentRecord) => new TextEncoder().encode(`${moved.id} ${moved.status}`) };
+      return { key: { merchantId: "m", key: k }, response: (moved: PaymentRecord) => new TextEncoder().encode(`${moved.id} ${moved.status}`) };
     };
     // A step that leaves the payment resumable (automatic capture, AUTHORIZED) does not end the work.
     const p = (await store.create(payment(), "me", LEASE_MS))!;
     const authorizing = await claim("k1");
     const authorized = await store.transition(p, { to: "AUTHORIZED", event: "payment.authorized" }, { complete: authorizing });
-    expect(authorizing.key.responseStored).toBe(false);
+    expect(endsRequest(authorized)).toBe(false);
     expect((await key("k1"))?.response).toBeNull();
     const capturing = await claim("k2");
     // A stale copy moves nothing and completes nothing.
     await rejection(store.transition(p, { to: "FAILED", event: "payment.failed" }, { complete: capturing }));
-    expect(capturing.key.responseStored).toBe(false);
     expect((await key("k2"))?.response).toBeNull();
-    await store.transition(authorized, { to: "CAPTURED", event: "payment.captured", patch: { capturedMinor: 1_00n, settlementCapturedMinor: 1_00n } }, { complete: capturing });
-    expect(capturing.key.responseStored).toBe(true);
+    const captured = await store.transition(authorized, { to: "CAPTURED", event: "payment.captured", patch: { capturedMinor: 1_00n, settlementCapturedMinor: 1_00n } }, { complete: capturing });
+    expect(endsRequest(captured)).toBe(true);
     const stored = await key("k2");
     expect(new TextDecoder().decode(stored!.response!)).toBe(`${p.id} CAPTURED`);
     expect(stored!.locked_until).toBeNull();
@@ -160,18 +159,18 @@ describe.each(storageBackends())("payments store on $name", (backend) => {
     const counted = new IdempotencyKeys({ ...db, query: (sql, params) => (statements.push(sql), db.query(sql, params)) }, { retentionMs: 24 * 3_600_000, lockMs: 1_000, now: () => now });
     const key = `k_${Math.random().toString(36).slice(2)}`;
     let made: PaymentRecord | undefined;
-    const firstWrite: FirstWrite = (scope, firstParam, from) => {
+    const withClaim: ClaimWrite<PaymentRecord> = (scope, newKey) => {
       made = payment({ id: `pay_${scope.length}_${Math.random().toString(36).slice(2)}` });
-      return store.creation(made, "me", LEASE_MS, firstParam, from);
+      return store.creationWithClaim(made, "me", LEASE_MS, newKey);
     };
     const seen: { scope: string | undefined; firstWritten: boolean }[] = [];
     const transient = new ConnectError("upstream down", Code.Unavailable);
     // A new key: the payment is inserted with the claim, in one statement; the run then fails for now.
     await expect(
-      counted.run("m", key, { a: 1 }, CreatePaymentResponseSchema, async (scope, _claimed, firstWritten) => {
-        seen.push({ scope, firstWritten });
+      counted.run("m", key, { a: 1 }, CreatePaymentResponseSchema, async ({ scope, writtenWithClaim }) => {
+        seen.push({ scope, firstWritten: writtenWithClaim !== undefined });
         throw transient;
-      }, firstWrite),
+      }, { withClaim }),
     ).rejects.toBe(transient);
     expect(statements).toHaveLength(2); // the claim with the insert, then the key unlocked after the failure
     expect(seen[0]!.firstWritten).toBe(true);
@@ -179,10 +178,10 @@ describe.each(storageBackends())("payments store on $name", (backend) => {
     // The retry takes the key over in the same scope: nothing is inserted with the claim.
     now = new Date(now.getTime() + 1);
     const first = made!;
-    await keys.run("m", key, { a: 1 }, CreatePaymentResponseSchema, async (scope, _claimed, firstWritten) => {
-      seen.push({ scope, firstWritten });
-      return create(CreatePaymentResponseSchema, {});
-    }, firstWrite);
+    await keys.run("m", key, { a: 1 }, CreatePaymentResponseSchema, async ({ scope, writtenWithClaim }) => {
+      seen.push({ scope, firstWritten: writtenWithClaim !== undefined });
+      return { response: create(CreatePaymentResponseSchema, {}), kept: false };
+    }, { withClaim });
     expect(seen[1]).toEqual({ scope: seen[0]!.scope, firstWritten: false });
     await expect(store.get(made!.id)).rejects.toThrow(/no payment/);
     expect((await store.get(first.id)).id).toBe(first.id);
@@ -198,7 +197,7 @@ describe.each(storageBackends())("payments store on $name", (backend) => {
     const run = () =>
       keys.run("retention", key, { a: 1 }, CreatePaymentResponseSchema, async () => {
         runs++;
-        return create(CreatePaymentResponseSchema, { payment: { id: `pay_${runs}` } });
+        return { response: create(CreatePaymentResponseSchema, { payment: { id: `pay_${runs}` } }), kept: false };
       });
     const stored = async () => (await db.query<{ n: string }>("SELECT count(*)::text AS n FROM idempotency_keys WHERE merchant_id = 'retention' AND key = $1", [key])).rows[0]!.n;
 
