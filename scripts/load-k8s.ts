@@ -167,10 +167,16 @@ export async function cleanup(api: CleanupApi, namespace: string, name: string, 
   if (hasSecret) await attempt(`secret/${name}`, () => api.deleteNamespacedSecret({ name, namespace }));
   const deadline = Date.now() + waitMs;
   for (;;) {
-    const { items } = await api.listNamespacedPod({ namespace, labelSelector });
-    if (items.length === 0) break;
+    let left: number;
+    try {
+      left = (await api.listNamespacedPod({ namespace, labelSelector })).items.length;
+    } catch (err) {
+      problems.push(`pods of ${name}: ${describe(err)}`);
+      break;
+    }
+    if (left === 0) break;
     if (Date.now() > deadline) {
-      problems.push(`${items.length} pod(s) of ${name} still there after ${waitMs / 1000} s`);
+      problems.push(`${left} pod(s) of ${name} still there after ${waitMs / 1000} s`);
       break;
     }
     await sleep(500);

@@ -142,6 +142,18 @@ describe("load:k8s cleanup", () => {
     ]);
   });
 
+  it("reports an API it cannot reach instead of failing", async () => {
+    const unreachable = () => Promise.reject(new Error("connect ECONNREFUSED 127.0.0.1:6443"));
+    const api: CleanupApi = { deleteNamespacedJob: unreachable, deleteCollectionNamespacedPod: unreachable, deleteNamespacedConfigMap: unreachable, deleteNamespacedSecret: unreachable, listNamespacedPod: unreachable };
+    expect(await cleanup(api, "paygate", "paygate-load-3", true)).toEqual([
+      "job/paygate-load-3: connect ECONNREFUSED 127.0.0.1:6443",
+      "pods of paygate-load-3: connect ECONNREFUSED 127.0.0.1:6443",
+      "configmap/paygate-load-3: connect ECONNREFUSED 127.0.0.1:6443",
+      "secret/paygate-load-3: connect ECONNREFUSED 127.0.0.1:6443",
+      "pods of paygate-load-3: connect ECONNREFUSED 127.0.0.1:6443",
+    ]);
+  });
+
   it("counts what is already gone as deleted, goes on past a failure and reports it, and reports pods that stay", async () => {
     const { api, calls } = fakeApi({ job: 404, configmap: 500 }, [2, 2, 2, 2, 2, 2, 2, 2]);
     const problems = await cleanup(api, "paygate", "paygate-load-2", false, 1200);
