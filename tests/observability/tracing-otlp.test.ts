@@ -5,14 +5,16 @@
 //   - OTEL_EXPORTER_OTLP_TRACES_ENDPOINT + OTEL_EXPORTER_OTLP_PROTOCOL=http/json +
 //     OTEL_SERVICE_NAME: OTLP JSON at exactly that URL, with that service name;
 //   - OTEL_EXPORTER_OTLP_PROTOCOL=grpc: OTLP/gRPC to the collector's TraceService/Export;
-//   - OTEL_PROPAGATORS and OTEL_NODE_RESOURCE_DETECTORS: the SDK's own choices (b3 headers
-//     continue a trace; the resource holds what the named detectors find);
+//   - OTEL_PROPAGATORS, OTEL_NODE_RESOURCE_DETECTORS and OTEL_LOG_LEVEL: the SDK's own
+//     choices (b3 headers continue a trace; the resource holds what the named detectors find;
+//     the SDK's diagnostics are JSON log lines, nothing else reaches stdout);
 //   - a protocol no OTLP exporter speaks stops start-up with a clear message (exit 2);
 //   - the five services as five processes (as `npm start` runs them) with one
 //     OTEL_EXPORTER_OTLP_ENDPOINT: one CreatePayment is one trace holding spans of five
 //     resources (service.name gateway, payments, risk, fx, wallet).
-// The receivers are tiny HTTP (and, for gRPC, HTTP/2) servers on 127.0.0.1; the single-service cases use the fx
-// process (`node --import tsx services/fx/main.ts`), the smallest one with a database.
+// The receivers are tiny HTTP (for gRPC, HTTP/2) servers on 127.0.0.1; the single-service
+// cases use the fx process (`node --import tsx services/fx/main.ts`), the smallest one with a
+// database.
 import { spawn, type ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import http from "node:http";
@@ -108,6 +110,7 @@ interface Service {
   url: string;
   /** Parsed JSON log lines written to stdout so far. */
   logs(): Record<string, unknown>[];
+  stdout(): string;
   stderr(): string;
   exited: Promise<number | null>;
 }
@@ -142,6 +145,7 @@ function startProcess(name: string, port: number, env: Record<string, string>): 
         .split("\n")
         .filter((l) => l.startsWith("{"))
         .map((l) => JSON.parse(l) as Record<string, unknown>),
+    stdout: () => stdout,
     stderr: () => stderr,
     exited,
   };
@@ -326,7 +330,7 @@ describe("tracing configured by OTEL_* variables (a real fx process)", () => {
     expect(fx.stderr()).toBe("");
   });
 
-  it("OTEL_PROPAGATORS and OTEL_NODE_RESOURCE_DETECTORS: b3 headers continue the caller's trace; the resource holds what the named detectors find", async () => {
+  it("OTEL_PROPAGATORS, OTEL_NODE_RESOURCE_DETECTORS and OTEL_LOG_LEVEL: b3 headers continue the caller's trace; the resource holds what the named detectors find; the SDK's diagnostics are log lines", async () => {
     const receiver = await startReceiver();
     receivers.push(receiver);
     const fx = await startFxProcess({
@@ -335,6 +339,8 @@ describe("tracing configured by OTEL_* variables (a real fx process)", () => {
       OTEL_PROPAGATORS: "b3multi",
       OTEL_NODE_RESOURCE_DETECTORS: "env,host",
       OTEL_RESOURCE_ATTRIBUTES: "deployment.environment.name=tracing-test",
+      OTEL_LOG_LEVEL: "debug",
+      LOG_LEVEL: "debug",
     });
     await ready(fx);
     const traceId = randomBytes(16).toString("hex");
@@ -351,6 +357,10 @@ describe("tracing configured by OTEL_* variables (a real fx process)", () => {
     expect(resource.get("deployment.environment.name")).toBe("tracing-test");
     expect(resource.get("host.name"), "the host detector ran").toBe(os.hostname());
     expect(resource.has("process.pid"), "the process detector was not named").toBe(false);
+    // Nothing but JSON log lines on stdout, the SDK's own words among them.
+    expect(fx.stdout().split("\n").filter((l) => l !== "" && !l.startsWith("{"))).toEqual([]);
+    expect(fx.logs().filter((l) => String(l.msg).startsWith("opentelemetry: ")).length).toBeGreaterThan(0);
+    expect(fx.stderr()).toBe("");
   });
 
   it("a protocol no OTLP exporter speaks stops start-up with a clear message", async () => {

@@ -165,6 +165,21 @@ function diagnostics(logger: Logger): void {
 }
 
 /**
+ * Runs `fn` (the SDK's constructor) with OTEL_LOG_LEVEL out of its sight: seeing it, the
+ * constructor would send the SDK's diagnostics to the console, in plain text among the JSON
+ * log lines on stdout, in place of the service's logger (diagnostics() reads the level).
+ */
+function withoutConsoleDiagnostics<T>(fn: () => T): T {
+  const level = process.env.OTEL_LOG_LEVEL;
+  delete process.env.OTEL_LOG_LEVEL;
+  try {
+    return fn();
+  } finally {
+    if (level !== undefined) process.env.OTEL_LOG_LEVEL = level;
+  }
+}
+
+/**
  * Installs OpenTelemetry in this process, once (later calls wait for the first and change
  * nothing). `serviceName` names the resource unless OTEL_SERVICE_NAME does. Throws a
  * ConfigError for an OTEL_* value it cannot honour.
@@ -176,19 +191,20 @@ export function initTracing(serviceName: string, logger: Logger): Promise<void> 
     // Loaded only when tracing is on.
     const { NodeSDK } = await import("@opentelemetry/sdk-node");
     const observedOnly = wanted.length === 0 && envVar("OTEL_TRACES_SAMPLER") === undefined;
-    const sdk = new NodeSDK({
-      // Under what the detectors find: OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES win.
-      resource: defaultResource().merge(resourceFromAttributes({ [ATTR_SERVICE_NAME]: serviceName, "service.namespace": "paygate" })),
-      spanProcessors: [state.processors],
-      ...(observedOnly ? { sampler: new RecordWhenObserved() } : {}),
-      ...(envVar("OTEL_PROPAGATORS") === undefined ? { textMapPropagator: new W3CTraceContextPropagator() } : {}),
-      // Traces only: without these the SDK would start OTLP metric and log exporters.
-      metricReaders: [],
-      logRecordProcessors: [],
-    });
-    // After the constructor, which sends the SDK's diagnostics to the console when
-    // OTEL_LOG_LEVEL is set; before the exporters, which may have something to say.
     diagnostics(logger);
+    const sdk = withoutConsoleDiagnostics(
+      () =>
+        new NodeSDK({
+          // Under what the detectors find: OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES win.
+          resource: defaultResource().merge(resourceFromAttributes({ [ATTR_SERVICE_NAME]: serviceName, "service.namespace": "paygate" })),
+          spanProcessors: [state.processors],
+          ...(observedOnly ? { sampler: new RecordWhenObserved() } : {}),
+          ...(envVar("OTEL_PROPAGATORS") === undefined ? { textMapPropagator: new W3CTraceContextPropagator() } : {}),
+          // Traces only: without these the SDK would start OTLP metric and log exporters.
+          metricReaders: [],
+          logRecordProcessors: [],
+        }),
+    );
     const exporters = await Promise.all(wanted.map(createExporter));
     for (const { exporter } of exporters) state.processors.list.push(new BatchSpanProcessor(exporter));
     sdk.start();
