@@ -77,6 +77,8 @@ export interface ServerOptions {
   metrics?: boolean;
   /** Trace spans for RPCs and fallback routes; on unless false (e.g. to measure their cost). */
   tracing?: boolean;
+  /** The unary fast path (unary-fast-path.ts); on unless false, which leaves every call to connect's handler (to measure it). */
+  unaryFastPath?: boolean;
 }
 
 export interface RunningServer {
@@ -120,10 +122,10 @@ export async function startServer(spec: ServiceSpec, opts: ServerOptions): Promi
     textGuard(),
     ...(spec.interceptors ?? []),
   ];
-  const fastPath = unaryFastPath({ interceptors, shutdownSignal: hardStop.signal, readMaxBytes: opts.maxRequestBytes });
+  const fastPath = opts.unaryFastPath === false ? undefined : unaryFastPath({ interceptors, shutdownSignal: hardStop.signal, readMaxBytes: opts.maxRequestBytes });
   const handler = rpcHandler({
     routes: (router) => {
-      const recording = fastPath.recording(router);
+      const recording = fastPath ? fastPath.recording(router) : router;
       spec.routes(recording, draining.signal);
       registerHealth(recording, health, { stopWatches: draining.signal });
       registerReflection(recording, spec.services);
@@ -160,8 +162,8 @@ export async function startServer(spec: ServiceSpec, opts: ServerOptions): Promi
     guarded(res, logger, () => {
       // Every handler builds the request's URL from its authority.
       if (!validAuthority(req)) return plainError(res, 400, "the request has no valid Host (or :authority)");
-      if (spec.relay && !draining.signal.aborted) spec.relay(req, res, () => guarded(res, logger, () => fastPath.handle(req, res) || handler(req, res)));
-      else if (!fastPath.handle(req, res)) handler(req, res);
+      if (spec.relay && !draining.signal.aborted) spec.relay(req, res, () => guarded(res, logger, () => fastPath?.handle(req, res) || handler(req, res)));
+      else if (!fastPath?.handle(req, res)) handler(req, res);
     });
   };
 
