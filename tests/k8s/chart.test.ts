@@ -423,7 +423,8 @@ describe.skipIf(!CHART_CHECKS)("value sets", () => {
     const container = podSpecOf(risk).containers[0] as Container;
     expect(container.image).toBe("registry.example.com/paygate@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef");
     const env = environment(container, objects);
-    expect(env.OTEL_EXPORTER_OTLP_ENDPOINT).toBe("http://otel-collector.observability:4318");
+    expect(env.OTEL_EXPORTER_OTLP_ENDPOINT).toBe("http://otel-collector.observability:4317");
+    expect(env.OTEL_EXPORTER_OTLP_PROTOCOL).toBe("grpc");
     expect(env.OTEL_RESOURCE_ATTRIBUTES).toContain(`k8s.namespace.name=${NAMESPACE}`);
     expect(env.OTEL_RESOURCE_ATTRIBUTES).toContain("deployment.environment=production");
     const rules = named(objects, "ConfigMap", `${RELEASE}-risk-rules`)!;
@@ -519,7 +520,7 @@ describe.skipIf(!CHART_CHECKS).each(["defaults", "external database", "productio
       { name: "dns-tcp", port: 53, protocol: "TCP" },
     ]);
     const internet = outside("internet", "", {}, [{ port: 443, protocol: "TCP" }], "93.184.216.34");
-    const collector = outside("otel-collector", "observability", { app: "otel-collector" }, [{ name: "otlp-http", port: 4318, protocol: "TCP" }]);
+    const collector = outside("otel-collector", "observability", { app: "otel-collector" }, [{ name: "otlp-grpc", port: 4317, protocol: "TCP" }]);
     const sources = [...components, ...(testPod ? [pod(testPod, "test")] : []), ...(statefulSet ? [database] : []), monitoring, ingressController, stranger];
     const destinations = [...components, database, dns, internet, collector];
     const tracing = name === "production settings";
