@@ -417,6 +417,15 @@ else
 fi
 grep -E '^(ok|FAIL) |helm test' "$OUT/helm-test.txt" | indent || true
 
+# ---- the load runner as a Job in the cluster (npm run load:k8s, load-job.sh) ------------------
+phase "in-cluster load Job"
+if "$LC_DIR/load-job.sh" >"$OUT/load-job.txt" 2>&1; then
+  ok "npm run load:k8s: $(grep -c '^ok ' "$OUT/load-job.txt") checks passed (a Job meeting its thresholds exits 0, one failing them 99, nothing left)"
+else
+  fail "npm run load:k8s (see $OUT/load-job.txt)"
+fi
+grep -E '^(ok|FAIL) |payments/s|p99' "$OUT/load-job.txt" | indent || true
+
 # ---- helm upgrade: every service rolled, the database and its password kept -------------------
 phase "helm upgrade"
 k patch hpa "$RELEASE-payments" --type merge -p '{"spec":{"minReplicas":2,"maxReplicas":6}}' >/dev/null
