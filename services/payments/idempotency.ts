@@ -32,9 +32,9 @@ export interface HeldKey {
 
 /**
  * A write made in the statement that claims a key, only when the key is new (or, expired,
- * starts afresh): CTEs reading `FROM` the relation named `newKey` (one row when the key is
- * new, none otherwise), the one named `wrote` returning a row when it wrote; `value` is what
- * it writes.
+ * starts afresh): CTEs reading `FROM` the relation ClaimWrite is given as `newKey` (one row
+ * when the key is new, none otherwise), the one named `wrote` returning a row when it wrote;
+ * `value` is what it writes.
  */
 export interface WriteWithClaim<T> {
   ctes: Sql;

@@ -2,6 +2,7 @@
 // together from parts written by the module that owns each table; every part names its
 // values (`:name` in its text) and they are numbered only when the whole statement is sent,
 // so no part depends on where another part's parameters end.
+import { LRUCache } from "lru-cache";
 import type { Queryable } from "../runtime/db/database.js";
 
 /** SQL text whose parameters are named (`:name`), with their values. */
@@ -23,9 +24,9 @@ export function compose(strings: TemplateStringsArray, ...parts: (Sql | "")[]): 
   const params: Record<string, unknown> = {};
   parts.forEach((part, i) => {
     if (part !== "") {
-      for (const [name, value] of Object.entries(part.params)) {
-        if (name in params) throw new Error(`SQL parameter :${name} is bound by two parts of one statement`);
-        params[name] = value;
+      for (const name in part.params) {
+        if (Object.hasOwn(params, name)) throw new Error(`SQL parameter :${name} is bound by two parts of one statement`);
+        params[name] = part.params[name];
       }
       text += part.text;
     }
@@ -42,21 +43,48 @@ export function join(parts: Sql[], separator: string): Sql {
 /** `:name`, not the second colon of a `::type` cast. */
 const PLACEHOLDER = /(?<!:):([A-Za-z_][A-Za-z0-9_]*)/g;
 
+/** A statement's text numbered: `$n` placeholders, and the name each number stands for. */
+interface Numbered {
+  text: string;
+  names: string[];
+}
+
+/**
+ * Statements numbered so far, by their named text. Values are never part of the text, so
+ * there are as many as there are statement shapes (a few dozen); the bound is a safeguard.
+ */
+const numbered = new LRUCache<string, Numbered>({ max: 1_000 });
+
+function numberedText(text: string): Numbered {
+  let found = numbered.get(text);
+  if (!found) {
+    const names: string[] = [];
+    const positions = new Map<string, number>();
+    const replaced = text.replace(PLACEHOLDER, (_match, name: string) => {
+      let n = positions.get(name);
+      if (n === undefined) {
+        n = names.push(name);
+        positions.set(name, n);
+      }
+      return `$${n}`;
+    });
+    found = { text: replaced, names };
+    numbered.set(text, found);
+  }
+  return found;
+}
+
 /** The statement as the database takes it: `$n` placeholders and their values in order. */
-export function positional(statement: Sql): { text: string; values: unknown[] } {
-  const numbers = new Map<string, number>();
-  const values: unknown[] = [];
-  const text = statement.text.replace(PLACEHOLDER, (_match, name: string) => {
-    let n = numbers.get(name);
-    if (n === undefined) {
-      if (!(name in statement.params)) throw new Error(`SQL parameter :${name} has no value`);
-      n = values.push(statement.params[name]);
-      numbers.set(name, n);
-    }
-    return `$${n}`;
+function positional(statement: Sql): { text: string; values: unknown[] } {
+  const { text, names } = numberedText(statement.text);
+  const values = names.map((name) => {
+    if (!Object.hasOwn(statement.params, name)) throw new Error(`SQL parameter :${name} has no value`);
+    return statement.params[name];
   });
-  const unused = Object.keys(statement.params).filter((name) => !numbers.has(name));
-  if (unused.length > 0) throw new Error(`SQL parameters bound but not used: ${unused.map((n) => `:${n}`).join(", ")}`);
+  if (Object.keys(statement.params).length !== names.length) {
+    const unused = Object.keys(statement.params).filter((name) => !names.includes(name));
+    throw new Error(`SQL parameters bound but not used: ${unused.map((n) => `:${n}`).join(", ")}`);
+  }
   return { text, values };
 }
 
