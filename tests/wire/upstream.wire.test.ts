@@ -168,6 +168,25 @@ describe("upstreamTransport: an upstream name with several addresses (a headless
     expect((await fx.getRate({ baseCurrency: "USD", quoteCurrency: "EUR" })).rate?.midRate).toBe("127.0.0.2");
   });
 
+  it("while a connection is being made (a replica that may be gone), calls go to those that are up", async () => {
+    const port = new URL(servers[0]!.url).port;
+    // 127.0.0.2's connection never gets past its name lookup: like a SYN to an address that is gone.
+    const connect = (address: string, p: number) => (address === "127.0.0.2" ? net.connect({ host: "pending.paygate.test", port: p, lookup: () => {} }) : net.connect({ host: address, port: p }));
+    const fx = upstreamClient(FxService, upstreamTransport(`http://replicas.paygate.test:${port}`, { resolve: async () => replicas, connect }));
+    const spread = async (calls: number) => {
+      const counts = new Map<string, number>();
+      for (let i = 0; i < calls; i++) {
+        const { rate } = await fx.getRate({ baseCurrency: "USD" }, { timeoutMs: 2_000 });
+        counts.set(rate!.midRate, (counts.get(rate!.midRate) ?? 0) + 1);
+      }
+      return Object.fromEntries([...counts].sort());
+    };
+    await new Promise((r) => setImmediate(r)); // the name resolves
+    // Every call answered, none by the replica out of reach; the others share them evenly.
+    expect(Object.keys(await spread(30))).toEqual(["127.0.0.1", "127.0.0.3"]);
+    expect(await spread(30)).toEqual({ "127.0.0.1": 15, "127.0.0.3": 15 });
+  });
+
   // Last: it shuts a replica down.
   it("a replica that shuts down while the name still lists it (cached DNS) gets no more calls, and none fails", async () => {
     const port = new URL(servers[0]!.url).port;

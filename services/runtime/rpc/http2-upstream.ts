@@ -14,7 +14,9 @@
 // 30 s on kind and in most clusters) may still list it: an address whose server said GOAWAY,
 // ended the session, or could not be reached is held out of the turn until the name no
 // longer resolves to it, or for HOLD_OUT_MS (the same replica back at the same address), so
-// calls are not sent to a replica that is gone.
+// calls are not sent to a replica that is gone. While a connection is being made, calls go to
+// the connections that are up (if any), so one to an address that no longer answers holds
+// no call until its connect timeout.
 //
 // Each session sends a PING every few seconds; one not answered in time ends the session (a
 // peer that vanished without closing the connection would otherwise hold calls until their
@@ -36,6 +38,8 @@ const PING_TIMEOUT_MS = 10_000;
 export interface Http2UpstreamOptions {
   resolve?: Resolver;
   resolveEveryMs?: number;
+  /** How a connection to an address is opened (net.connect by default). */
+  connect?: (address: string, port: number) => net.Socket;
   pingEveryMs?: number;
   pingTimeoutMs?: number;
 }
@@ -66,11 +70,15 @@ export class Http2Upstream {
   /** Addresses held out of the turn, with when they come back (performance.now()). */
   private readonly heldOut = new Map<string, number>();
   private turn = 0;
+  /** The turn among connections that are up, for calls that skip one being made. */
+  private upTurn = 0;
   private readonly timer: NodeJS.Timeout | undefined;
   private readonly pingEveryMs: number;
   private readonly pingTimeoutMs: number;
+  private readonly connect: (address: string, port: number) => net.Socket;
 
   constructor(url: string, opts: Http2UpstreamOptions = {}) {
+    this.connect = opts.connect ?? ((host, port) => net.connect({ host, port }));
     this.pingEveryMs = opts.pingEveryMs ?? PING_EVERY_MS;
     this.pingTimeoutMs = opts.pingTimeoutMs ?? PING_TIMEOUT_MS;
     const target = new URL(url);
@@ -86,7 +94,11 @@ export class Http2Upstream {
 
   /** A call (an HTTP/2 stream) to the next address in turn; throws when no stream can be opened. */
   request(headers: http2.OutgoingHttpHeaders): http2.ClientHttp2Stream {
-    const c = this.connection(this.nextAddress());
+    let c = this.connection(this.nextAddress());
+    // A connection still being made (a new replica, or one that may be gone: DNS answers lag)
+    // takes no call while another is up: the call goes there, and this one joins the turn
+    // once connected.
+    if (c.session.connecting) c = this.connected() ?? c;
     const stream = c.session.request(headers);
     c.calls++;
     stream.once("close", () => {
@@ -97,10 +109,16 @@ export class Http2Upstream {
     return stream;
   }
 
+  /** A connection that is up, taking them in turn; undefined when there is none. */
+  private connected(): Connection | undefined {
+    const up = [...this.connections.values()].filter((c) => !c.session.connecting && !c.session.closed && !c.session.destroyed);
+    return up.length === 0 ? undefined : up[this.upTurn++ % up.length];
+  }
+
   private connection(address: string): Connection {
     const open = this.connections.get(address);
     if (open && !open.session.closed && !open.session.destroyed) return open;
-    const s = address === "" ? http2.connect(this.origin) : http2.connect(this.origin, { createConnection: () => net.connect({ host: address, port: this.port }) });
+    const s = address === "" ? http2.connect(this.origin) : http2.connect(this.origin, { createConnection: () => this.connect(address, this.port) });
     const c: Connection = { session: s, calls: 0, retired: false };
     s.on("error", () => {}); // every stream on it fails with the error too, and is answered there
     const connecting = setTimeout(() => s.destroy(new Error(`no connection within ${CONNECT_TIMEOUT_MS} ms`)), CONNECT_TIMEOUT_MS).unref();
