@@ -49,6 +49,14 @@ helm_kubectl_dir() {
   echo "$CACHE/bin/${HELM_PACKAGE//\//+}@$version"
 }
 
+# use_cluster: kubectl and helm on PATH, talking to the running cluster as its admin; helm's
+# own files stay with the cluster's state.
+use_cluster() {
+  HK=$(helm_kubectl_dir)
+  export PATH=$HK:$PATH KUBECONFIG=$KUBECONFIG_ADMIN
+  export HELM_CONFIG_HOME=$STATE/helm/config HELM_CACHE_HOME=$STATE/helm/cache HELM_DATA_HOME=$STATE/helm/data
+}
+
 # "[12s] message" on stderr (seconds since T0, which run.sh exports to every script it runs).
 T0=${T0:-$(date +%s)}
 say() { echo "[$(($(date +%s) - T0))s] $*" >&2; }

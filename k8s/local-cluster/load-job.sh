@@ -13,9 +13,7 @@
 # failed.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
-HK=$(helm_kubectl_dir)
-export PATH=$HK:$PATH KUBECONFIG=$KUBECONFIG_ADMIN
-export HELM_CONFIG_HOME=$STATE/helm/config HELM_CACHE_HOME=$STATE/helm/cache HELM_DATA_HOME=$STATE/helm/data
+use_cluster
 
 NS=paygate
 RELEASE=paygate

@@ -6,7 +6,7 @@ import http2 from "node:http2";
 import net from "node:net";
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
-import { Code, ConnectError, type ConnectRouter, type HandlerContext } from "@connectrpc/connect";
+import { Code, ConnectError, type Client, type ConnectRouter, type HandlerContext } from "@connectrpc/connect";
 import { ErrorDetailSchema } from "../../services/gen/paygate/common/v1/common_pb.js";
 import { FxService, type GetRateRequest } from "../../services/gen/paygate/fx/v1/fx_pb.js";
 import { invalidArgument } from "../../services/runtime/errors.js";
@@ -110,6 +110,16 @@ describe("upstreamTransport: unary calls", () => {
   });
 });
 
+/** How many of `calls` calls each replica answered (each answers with its own address as the rate), by address. */
+async function answeredBy(fx: Client<typeof FxService>, calls: number): Promise<Record<string, number>> {
+  const counts = new Map<string, number>();
+  for (let i = 0; i < calls; i++) {
+    const { rate } = await fx.getRate({ baseCurrency: "USD", quoteCurrency: "EUR" }, { timeoutMs: 2_000 });
+    counts.set(rate!.midRate, (counts.get(rate!.midRate) ?? 0) + 1);
+  }
+  return Object.fromEntries([...counts].sort());
+}
+
 describe("upstreamTransport: an upstream name with several addresses (a headless Service's replicas)", () => {
   const replicas = ["127.0.0.1", "127.0.0.2", "127.0.0.3"];
   let servers: RunningServer[] = [];
@@ -135,14 +145,7 @@ describe("upstreamTransport: an upstream name with several addresses (a headless
     const port = new URL(servers[0]!.url).port;
     const transport = upstreamTransport(`http://replicas.paygate.test:${port}`, { resolve: async () => resolved, resolveEveryMs: 50 });
     const fx = upstreamClient(FxService, transport);
-    const spread = async (calls: number) => {
-      const counts = new Map<string, number>();
-      for (let i = 0; i < calls; i++) {
-        const { rate } = await fx.getRate({ baseCurrency: "USD", quoteCurrency: "EUR" });
-        counts.set(rate!.midRate, (counts.get(rate!.midRate) ?? 0) + 1);
-      }
-      return Object.fromEntries([...counts].sort());
-    };
+    const spread = (calls: number) => answeredBy(fx, calls);
     await waitFor(async () => Object.keys(await spread(6)).length === 3, "the name resolved to all three");
     expect(await spread(30)).toEqual({ "127.0.0.1": 10, "127.0.0.2": 10, "127.0.0.3": 10 });
 
@@ -173,14 +176,7 @@ describe("upstreamTransport: an upstream name with several addresses (a headless
     // 127.0.0.2's connection never gets past its name lookup: like a SYN to an address that is gone.
     const connect = (address: string, p: number) => (address === "127.0.0.2" ? net.connect({ host: "pending.paygate.test", port: p, lookup: () => {} }) : net.connect({ host: address, port: p }));
     const fx = upstreamClient(FxService, upstreamTransport(`http://replicas.paygate.test:${port}`, { resolve: async () => replicas, connect }));
-    const spread = async (calls: number) => {
-      const counts = new Map<string, number>();
-      for (let i = 0; i < calls; i++) {
-        const { rate } = await fx.getRate({ baseCurrency: "USD" }, { timeoutMs: 2_000 });
-        counts.set(rate!.midRate, (counts.get(rate!.midRate) ?? 0) + 1);
-      }
-      return Object.fromEntries([...counts].sort());
-    };
+    const spread = (calls: number) => answeredBy(fx, calls);
     await new Promise((r) => setImmediate(r)); // the name resolves
     // Every call answered, none by the replica out of reach; the others share them evenly.
     expect(Object.keys(await spread(30))).toEqual(["127.0.0.1", "127.0.0.3"]);
@@ -192,14 +188,7 @@ describe("upstreamTransport: an upstream name with several addresses (a headless
     const port = new URL(servers[0]!.url).port;
     resolved = replicas;
     const fx = upstreamClient(FxService, upstreamTransport(`http://replicas.paygate.test:${port}`, { resolve: async () => resolved, resolveEveryMs: 50 }));
-    const spread = async (calls: number) => {
-      const counts = new Map<string, number>();
-      for (let i = 0; i < calls; i++) {
-        const { rate } = await fx.getRate({ baseCurrency: "USD", quoteCurrency: "EUR" });
-        counts.set(rate!.midRate, (counts.get(rate!.midRate) ?? 0) + 1);
-      }
-      return Object.fromEntries([...counts].sort());
-    };
+    const spread = (calls: number) => answeredBy(fx, calls);
     await waitFor(async () => Object.keys(await spread(6)).length === 3, "the name resolved to all three");
     await servers[1]!.shutdown(); // GOAWAY, then no listener at 127.0.0.2
     expect(await spread(30)).toEqual({ "127.0.0.1": 15, "127.0.0.3": 15 });
