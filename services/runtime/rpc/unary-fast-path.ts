@@ -5,9 +5,11 @@
 // connect's createHandlerContext, and answers as connect's handler does (the message, or the
 // error as Connect JSON with its HTTP status; headers, and trailers as "trailer-" headers).
 // What it leaves out is connect-node's per-request adaptation (web Headers and an
-// async-iterable pipeline for the body, a serialization lookup per call). Anything else —
-// JSON, compression, GET, gRPC, gRPC-Web, HTTP/1.1, streams, a malformed timeout — goes to
-// connect's handler.
+// async-iterable pipeline for the body, a serialization lookup per call): measured by
+// scripts/bench-transport.ts (a loopback FxService/GetRate at concurrency 8, medians of one run
+// of 5 rounds, either client), 253-272 µs of server CPU per call instead of 407-470 µs.
+// Anything else — JSON, compression, GET, gRPC, gRPC-Web, HTTP/1.1, streams, a malformed
+// timeout — goes to connect's handler.
 import type http from "node:http";
 import type http2 from "node:http2";
 import { toBinary } from "@bufbuild/protobuf";

@@ -6,11 +6,9 @@
 //
 // Unary calls are plain node:http2 requests run through connect's call machinery
 // (runUnaryCall: interceptors, deadline, cancellation); server streams use connect-node's
-// transport. Measured against connect-node's client for unary calls too: on a loopback
-// FxService/GetRate at concurrency 8, 160-240 µs of client CPU per call instead of 234-310 µs;
-// in the benchmark's stack, the gateway's CPU per forwarded call 0.37-0.39 ms instead of
-// 0.55-0.57 ms and payments' per payment (two to three calls) 1.86-1.99 ms instead of
-// 2.09-2.47 ms.
+// transport. Measured against connect-node 2.2.0's transport with a shared Http2SessionManager
+// (scripts/bench-transport.ts: a loopback FxService/GetRate at concurrency 8, medians of one
+// run of 5 rounds, either server): 309-329 µs of client CPU per call instead of 467-517 µs.
 import http2 from "node:http2";
 import { fromBinary, toBinary, type DescMessage } from "@bufbuild/protobuf";
 import {
