@@ -34,7 +34,7 @@ import type { Logger } from "../runtime/observability/logger.js";
 import { withAttributes, withSpan, type PaygateAttributes } from "../runtime/observability/spans.js";
 import type { PaymentRecord } from "./payment.js";
 import type { AccountDirectory } from "./accounts.js";
-import type { KeyCompletion, PaymentPatch, PaymentStore } from "./store.js";
+import { endsRequest, type KeyCompletion, type PaymentPatch, type PaymentStore } from "./store.js";
 
 export interface Upstreams {
   wallet: Client<typeof WalletService>;
@@ -85,11 +85,22 @@ export class Saga {
     private readonly logger: Logger,
   ) {}
 
+  /** Drives a payment as far as it can go now; returns it as it then stands. */
+  async run(p: PaymentRecord, call: CallOptions): Promise<PaymentRecord> {
+    return (await this.drive(p, call, undefined)).payment;
+  }
+
   /**
-   * Drives a payment as far as it can go now; returns it as it then stands. The write that
-   * ends the run also stores the request's response under `complete`'s key (see transition).
+   * run() for the request that created `p`: the write that ends the run also stores the
+   * request's response under `complete`'s key (see transition). `kept` says whether one did:
+   * not when the run paused, nor when another process moved the payment first.
    */
-  async run(p: PaymentRecord, call: CallOptions, complete?: KeyCompletion): Promise<PaymentRecord> {
+  async runForRequest(p: PaymentRecord, call: CallOptions, complete: KeyCompletion | undefined): Promise<{ payment: PaymentRecord; kept: boolean }> {
+    return this.drive(p, call, complete);
+  }
+
+  private async drive(p: PaymentRecord, call: CallOptions, complete: KeyCompletion | undefined): Promise<{ payment: PaymentRecord; kept: boolean }> {
+    const entered = p;
     return withAttributes(paymentAttributes(p), () =>
       withSpan("saga.run", {}, async (span) => {
         try {
@@ -97,12 +108,13 @@ export class Saga {
           if (p.status === "AUTHORIZED" && p.captureMethod === "AUTOMATIC") p = await this.capture(p, undefined, call, complete);
           span.setAttribute("paygate.payment_status", p.status);
           this.logger.info({ paymentId: p.id, merchantId: p.merchantId, status: p.status, ...(p.failureReason ? { failureReason: p.failureReason } : {}) }, "payment processed");
-          return p;
+          // Each step ends in this run's own write; the one that ends the request keeps the response.
+          return { payment: p, kept: complete !== undefined && p !== entered && endsRequest(p) };
         } catch (err) {
           if (isTransient(err)) {
             this.logger.warn({ paymentId: p.id, err: err instanceof Error ? err.message : String(err) }, "payment paused: will resume");
             span.setAttribute("paygate.payment_status", "PAUSED");
-            return this.store.get(p.id);
+            return { payment: await this.store.get(p.id), kept: false };
           }
           throw err;
         }

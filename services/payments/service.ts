@@ -250,18 +250,20 @@ export function paymentsService(deps: PaymentsDeps): ServiceImpl<typeof Payments
   }
 
   /**
-   * Runs the saga on a payment this request created; its last write keeps the response under
-   * `key` when it ends the payment's run. A payment left resumable gives up its lease.
+   * Runs the saga on a payment this request created and answers with it; the run's last write
+   * keeps the response under `key` when it ends the payment's run (`kept` says whether one
+   * did). A payment left resumable gives up its lease.
    */
-  async function runSaga(created: PaymentRecord, key: HeldKey | undefined, ctx: HandlerContext): Promise<PaymentRecord> {
+  async function runSaga(created: PaymentRecord, key: HeldKey | undefined, ctx: HandlerContext): Promise<Answer<CreatePaymentResponse>> {
     let p = created;
     try {
-      p = await saga.run(p, call(ctx), completion(key, CreatePaymentResponseSchema, createResponse));
+      const run = await saga.runForRequest(p, call(ctx), completion(key, CreatePaymentResponseSchema, createResponse));
+      p = run.payment;
+      return { response: createResponse(p), kept: run.kept };
     } finally {
       // A payment that left the resumable states dropped its lease as it moved.
       if (resumable(p)) await store.releaseLease(p.id, deps.instanceId);
     }
-    return p;
   }
 
   /**
@@ -300,8 +302,7 @@ export function paymentsService(deps: PaymentsDeps): ServiceImpl<typeof Payments
           const started = await createOrResume(order, attempt, ctx);
           // A resumed payment's answer is kept by the key's own write (the saga ran without the key).
           if ("resumed" in started) return { response: createResponse(started.resumed), kept: false };
-          const p = await runSaga(started.created, attempt.key, ctx);
-          return answerAfterWrite(attempt, p, createResponse(p));
+          return runSaga(started.created, attempt.key, ctx);
         },
         {
           withClaim: createWithClaim(order),

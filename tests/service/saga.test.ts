@@ -29,6 +29,8 @@ const logger = createLogger("saga-test", "silent");
 const calls: string[] = [];
 let walletCaptures = true;
 let riskRefusal: ConnectError | undefined;
+/** Runs while risk scores (another process acting meanwhile). */
+let whileScoring: (() => Promise<void>) | undefined;
 let quoteRefusal: ConnectError | undefined;
 
 const refusal = (code: Code, reason: string, message: string) =>
@@ -66,6 +68,7 @@ const wallet = {
 const risk = {
   async score() {
     calls.push("risk.score");
+    await whileScoring?.();
     if (riskRefusal) throw riskRefusal;
     return { decision: create(DecisionSchema, { id: "rd_saga", score: 5, outcome: Outcome.APPROVE }) };
   },
@@ -213,6 +216,35 @@ describe("saga against scripted upstreams", () => {
       expect(await events(p.id)).toEqual(["payment.created"]);
     } finally {
       riskRefusal = undefined;
+    }
+  });
+
+  it("a run for a request says whether its own write kept the response under the key: yes when it ended the payment, not when another process moved it first", async () => {
+    const keyFor = async (key: string) => {
+      await db.query("INSERT INTO idempotency_keys (merchant_id, key, request_hash, locked_until, created_at, expires_at) VALUES ('m_test', $1, 'h', now() + interval '1 minute', now(), now() + interval '1 day')", [key]);
+      return { key: { merchantId: "m_test", key }, response: (p: PaymentRecord) => new TextEncoder().encode(p.status) };
+    };
+    const keptResponse = async (key: string) =>
+      (await db.query<{ response: Uint8Array | null }>("SELECT response FROM idempotency_keys WHERE merchant_id = 'm_test' AND key = $1", [key])).rows[0]!.response;
+
+    const ended = await saga.runForRequest(await start(), {}, await keyFor("k-ends"));
+    expect(ended).toMatchObject({ payment: { status: "CAPTURED" }, kept: true });
+    expect(new TextDecoder().decode(await keptResponse("k-ends"))).toBe("CAPTURED");
+
+    // Another process (a recovery sweep after this run's lease ran out) drives the payment to
+    // its end while this run waits for risk: this run's write finds the payment moved on, and
+    // nothing of this run is kept under its key.
+    const raced = await start();
+    whileScoring = async () => {
+      whileScoring = undefined;
+      await saga.run(await store.get(raced.id), {});
+    };
+    try {
+      const run = await saga.runForRequest(raced, {}, await keyFor("k-raced"));
+      expect(run).toMatchObject({ payment: { status: "CAPTURED" }, kept: false });
+      expect(await keptResponse("k-raced")).toBeNull();
+    } finally {
+      whileScoring = undefined;
     }
   });
 });
