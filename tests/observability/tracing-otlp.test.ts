@@ -15,7 +15,8 @@
 // The receivers are tiny HTTP (for gRPC, HTTP/2) servers on 127.0.0.1; the single-service
 // cases use the fx process (`node --import tsx services/fx/main.ts`), the smallest one with a
 // database.
-import { spawn, type ChildProcess } from "node:child_process";
+import type { ChildProcess } from "node:child_process";
+import { spawnService } from "../../scripts/service-process.js";
 import { randomBytes } from "node:crypto";
 import http from "node:http";
 import http2 from "node:http2";
@@ -126,17 +127,16 @@ type Fx = Service;
 
 /** A service as its own process (`services/<name>/main.ts`), with only `env` and the basics in its environment. */
 function startProcess(name: string, port: number, env: Record<string, string>): Service {
-  const child = spawn(process.execPath, ["--import", "tsx", `services/${name}/main.ts`], {
-    cwd: repoRoot,
-    env: { PATH: process.env.PATH ?? "", HOME: process.env.HOME ?? os.tmpdir(), HOST: "127.0.0.1", DATA_DIR: "memory://", LOG_LEVEL: "info", ...env },
-    stdio: ["ignore", "pipe", "pipe"],
-  });
-  children.push(child);
   let stdout = "";
   let stderr = "";
-  child.stdout!.on("data", (d: Buffer) => (stdout += d.toString("utf8")));
-  child.stderr!.on("data", (d: Buffer) => (stderr += d.toString("utf8")));
-  const exited = new Promise<number | null>((resolve) => child.once("exit", (code) => resolve(code)));
+  const spawned = spawnService(`services/${name}/main.ts`, {
+    cwd: repoRoot,
+    env: { PATH: process.env.PATH ?? "", HOME: process.env.HOME ?? os.tmpdir(), HOST: "127.0.0.1", DATA_DIR: "memory://", LOG_LEVEL: "info", ...env },
+    onLine: (line, stream) => (stream === "stdout" ? (stdout += `${line}\n`) : (stderr += `${line}\n`)),
+  });
+  const { child } = spawned;
+  children.push(child);
+  const exited = spawned.exited.then(({ code }) => code);
   return {
     child,
     url: `http://127.0.0.1:${port}`,

@@ -2,7 +2,8 @@
 // test-only FxService whose GetRate timing the tests control, and the real fx process
 // stopped with SIGTERM. Timing bounds are generous (2-core CI): phases are told apart by
 // state (polling), not by tight sleeps.
-import { spawn, type ChildProcess } from "node:child_process";
+import type { ChildProcess } from "node:child_process";
+import { spawnService } from "../../scripts/service-process.js";
 import net from "node:net";
 import { afterEach, describe, expect, it, onTestFinished, vi } from "vitest";
 import type * as grpc from "@grpc/grpc-js";
@@ -544,18 +545,13 @@ describe("deadlines", () => {
 
 describe("the fx process", () => {
   function spawnFx(env: Record<string, string>) {
-    const child = spawn(process.execPath, ["--import", "tsx", "services/fx/main.ts"], {
+    const out = { stdout: "", stderr: "" };
+    const { child, exited } = spawnService("services/fx/main.ts", {
       cwd: repoRoot,
       env: { ...process.env, LOG_LEVEL: "info", DATA_DIR: "memory://", FX_MARKET_TICK_MS: "100", ...env },
-      stdio: ["ignore", "pipe", "pipe"],
+      onLine: (line, stream) => (out[stream] += `${line}\n`),
     });
     children.push(child);
-    const out = { stdout: "", stderr: "" };
-    child.stdout!.setEncoding("utf8").on("data", (d: string) => (out.stdout += d));
-    child.stderr!.setEncoding("utf8").on("data", (d: string) => (out.stderr += d));
-    const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
-      child.once("exit", (code, signal) => resolve({ code, signal })),
-    );
     const logLines = () =>
       out.stdout
         .split("\n")
