@@ -336,6 +336,16 @@ k patch hpa "$RELEASE-payments" --type merge -p '{"spec":{"minReplicas":3,"maxRe
 three_ready() { [[ $(k get deploy "$RELEASE-payments" -o jsonpath='{.status.readyReplicas}') == 3 ]]; }
 if until_true 240 three_ready; then
   ok "payments scaled to 3 replicas, all Ready"
+  # Callers find a new replica through the headless Service's DNS name, once the cluster DNS's
+  # cached answer (TTL 30 s) lists it; the gateway resolves the name again within 5 s.
+  listed() { [[ $(toolbox nslookup "$RELEASE-payments-replicas.$NS.svc.cluster.local" 2>/dev/null | awk '/^Name:/ {n = 1} n && /^Address/ {c++} END {print c + 0}') == 3 ]]; }
+  t=$SECONDS
+  if until_true 90 listed; then
+    info "the headless Service's name lists 3 addresses after $((SECONDS - t))s"
+    sleep 6
+  else
+    info "the headless Service's name did not list 3 addresses within 90s"
+  fi
   before=$(payments_served)
   spread='{"error":"the load Job could not start"}'
   if load spread 300 60 8; then spread=$(load_result spread 200); fi
