@@ -1,8 +1,9 @@
 // Calls to other Paygate services: one transport per upstream, the Connect protocol with
 // binary messages over reused HTTP/2 sessions, one per replica (http2-upstream.ts; measured:
 // about 40% less CPU per unary call than gRPC with connect-node; every service serves both),
-// the caller's deadline carried downstream, a CLIENT span per call whose traceparent goes out with it, and client RED
-// metrics (rpc_client_requests_total, rpc_client_request_duration_seconds) per call.
+// the caller's deadline carried downstream, a CLIENT span per call whose traceparent goes out
+// with it, and client RED metrics (rpc_client_requests_total,
+// rpc_client_request_duration_seconds) per call.
 //
 // Unary calls are plain node:http2 requests run through connect's call machinery
 // (runUnaryCall: interceptors, deadline, cancellation); server streams use connect-node's
