@@ -19,7 +19,7 @@ import { codeFromString, codeToHttpStatus, errorToJsonBytes, parseConnectContent
 import { context } from "@opentelemetry/api";
 import { PaymentsService } from "../gen/paygate/payments/v1/payments_pb.js";
 import { MERCHANT_HEADER } from "../runtime/rpc/headers.js";
-import { connectTimeout, grpcTimeout, Http2Upstream, MAX_TIMEOUT_MS } from "../runtime/rpc/http2-upstream.js";
+import { connectTimeout, grpcTimeout, Http2Upstream, MAX_REFUSED_ATTEMPTS, MAX_TIMEOUT_MS, wasRefused, type Http2UpstreamOptions } from "../runtime/rpc/http2-upstream.js";
 import type { Logger } from "../runtime/observability/logger.js";
 import { clientRpcMeasurement, codeName, serverRpcMeasurement } from "../runtime/observability/metrics.js";
 import type { RequestRelay } from "../runtime/rpc/server.js";
@@ -34,6 +34,9 @@ const UNARY = new Map(PaymentsService.methods.filter((m) => m.methodKind === "un
 
 /** Request headers not passed on: the caller's credentials, and those the relay sets itself. */
 const NOT_PASSED = new Set(["authorization", "x-api-key", MERCHANT_HEADER, "traceparent", "tracestate", "grpc-timeout", "connect-timeout-ms"]);
+
+/** A request up to this size is kept to be sent again when refused (a unary payments request is far smaller). */
+const MAX_KEPT_REQUEST = 64 * 1024;
 
 /** At most this much of a Connect error body is kept to read its code. */
 const MAX_ERROR_BODY = 64 * 1024;
@@ -61,8 +64,8 @@ function relayable(req: http.IncomingMessage, defaultTimeoutMs: number): Call | 
   return { protocol, method, deadline: performance.now() + (timeout.timeoutMs ?? defaultTimeoutMs) };
 }
 
-export function paymentsRelay(opts: { upstreamUrl: string; merchants: Merchants; defaultTimeoutMs: number; logger: Logger }): RequestRelay & { close(): void } {
-  const upstream = new Http2Upstream(opts.upstreamUrl);
+export function paymentsRelay(opts: { upstreamUrl: string; merchants: Merchants; defaultTimeoutMs: number; logger: Logger; sessions?: Http2UpstreamOptions }): RequestRelay & { close(): void } {
+  const upstream = new Http2Upstream(opts.upstreamUrl, opts.sessions);
 
   const forward = (req: http.IncomingMessage, res: http.ServerResponse, call: Call, merchant: Merchant) => {
     const stream = (res as unknown as http2.Http2ServerResponse).stream;
@@ -109,7 +112,6 @@ export function paymentsRelay(opts: { upstreamUrl: string; merchants: Merchants;
         }
       }
       // What is left of the request is read and dropped, so the stream can close.
-      req.unpipe();
       req.resume();
       finish(code);
     };
@@ -126,12 +128,69 @@ export function paymentsRelay(opts: { upstreamUrl: string; merchants: Merchants;
     if (call.protocol === "grpc") headers["grpc-timeout"] = grpcTimeout(remainingMs);
     else headers["connect-timeout-ms"] = connectTimeout(remainingMs);
 
-    let up: http2.ClientHttp2Stream;
-    try {
-      up = upstream.request(headers);
-    } catch {
-      return fail(Code.Unavailable, "payments is unavailable");
-    }
+    // The request's bytes, kept until an answer starts: a call refused before payments saw it
+    // (a replica going away) is sent again, to the next one (see wasRefused).
+    let kept: Buffer[] | undefined = [];
+    let keptBytes = 0;
+    let requestEnded = false;
+    let up!: http2.ClientHttp2Stream;
+    /** Sends the call (again: what came of the request so far); false when no stream could be opened. */
+    const send = (attempt: number): boolean => {
+      try {
+        up = upstream.request(headers);
+      } catch {
+        fail(Code.Unavailable, "payments is unavailable");
+        return false;
+      }
+      const sent = up;
+      let failed = false;
+      sent.on("error", () => (failed = true)); // answered on close, which follows
+      sent.once("close", () => {
+        if (finished) return;
+        if (kept && wasRefused(sent) && attempt < MAX_REFUSED_ATTEMPTS) {
+          if (!send(attempt + 1)) return;
+          for (const chunk of kept) up.write(chunk);
+          if (requestEnded) up.end();
+          return void req.resume(); // it may wait for the refused stream's drain
+        }
+        fail(Code.Unavailable, failed ? "payments is unavailable" : "payments closed the call without an answer");
+      });
+      let trailers: http2.IncomingHttpHeaders | undefined;
+      sent.once("trailers", (t) => (trailers = t));
+      sent.once("response", (h, flags) => {
+        kept = undefined; // answered: never sent again
+        if (finished || callerGone()) return void sent.resume(); // answered already (deadline), or the caller left (its close event ends the call)
+        const out: http2.OutgoingHttpHeaders = {};
+        for (const [name, value] of Object.entries(h)) if (name !== ":status" || call.protocol === "connect") out[name] = value;
+        if (call.protocol === "grpc") out[":status"] = 200;
+        if (flags & END_STREAM) {
+          stream.respond(out, { endStream: true });
+          finish(call.protocol === "grpc" ? grpcCode(h) : h[":status"] === 200 ? undefined : Code.Unknown);
+          return void sent.resume();
+        }
+        const errorBody: Buffer[] | undefined = call.protocol === "connect" && h[":status"] !== 200 ? [] : undefined;
+        stream.respond(out, { waitForTrailers: call.protocol === "grpc" });
+        sent.on("data", (chunk: Buffer) => {
+          if (finished) return;
+          if (errorBody && bodyBytes < MAX_ERROR_BODY) errorBody.push(chunk);
+          bodyBytes += chunk.length;
+          if (!stream.write(chunk)) {
+            sent.pause();
+            stream.once("drain", () => sent.resume());
+          }
+        });
+        sent.once("end", () => {
+          if (finished) return;
+          // The compatibility response sends its trailers when the stream asks for them.
+          if (call.protocol === "grpc") res.addTrailers(trailers ?? grpcStatus(Code.Internal, "payments sent no status"));
+          stream.end();
+          if (call.protocol === "grpc") finish(trailers ? grpcCode(trailers) : Code.Internal);
+          else finish(errorBody ? connectCode(errorBody) : undefined);
+        });
+      });
+      return true;
+    };
+    if (!send(1)) return;
     deadline = setTimeout(() => {
       up.close(NGHTTP2_CANCEL);
       fail(Code.DeadlineExceeded, "the deadline passed");
@@ -141,42 +200,22 @@ export function paymentsRelay(opts: { upstreamUrl: string; merchants: Merchants;
       up.close(NGHTTP2_CANCEL); // the caller went away
       finish(Code.Canceled);
     });
-    up.on("error", () => fail(Code.Unavailable, "payments is unavailable"));
-    up.once("close", () => fail(Code.Unavailable, "payments closed the call without an answer"));
-
-    let trailers: http2.IncomingHttpHeaders | undefined;
-    up.once("trailers", (t) => (trailers = t));
-    up.once("response", (h, flags) => {
-      if (finished || callerGone()) return void up.resume(); // answered already (deadline), or the caller left (its close event ends the call)
-      const out: http2.OutgoingHttpHeaders = {};
-      for (const [name, value] of Object.entries(h)) if (name !== ":status" || call.protocol === "connect") out[name] = value;
-      if (call.protocol === "grpc") out[":status"] = 200;
-      if (flags & END_STREAM) {
-        stream.respond(out, { endStream: true });
-        finish(call.protocol === "grpc" ? grpcCode(h) : h[":status"] === 200 ? undefined : Code.Unknown);
-        return void up.resume();
+    req.on("data", (chunk: Buffer) => {
+      if (finished) return;
+      if (kept) {
+        keptBytes += chunk.length;
+        if (keptBytes <= MAX_KEPT_REQUEST) kept.push(chunk);
+        else kept = undefined; // too large to keep: not sent again
       }
-      const errorBody: Buffer[] | undefined = call.protocol === "connect" && h[":status"] !== 200 ? [] : undefined;
-      stream.respond(out, { waitForTrailers: call.protocol === "grpc" });
-      up.on("data", (chunk: Buffer) => {
-        if (finished) return;
-        if (errorBody && bodyBytes < MAX_ERROR_BODY) errorBody.push(chunk);
-        bodyBytes += chunk.length;
-        if (!stream.write(chunk)) {
-          up.pause();
-          stream.once("drain", () => up.resume());
-        }
-      });
-      up.once("end", () => {
-        if (finished) return;
-        // The compatibility response sends its trailers when the stream asks for them.
-        if (call.protocol === "grpc") res.addTrailers(trailers ?? grpcStatus(Code.Internal, "payments sent no status"));
-        stream.end();
-        if (call.protocol === "grpc") finish(trailers ? grpcCode(trailers) : Code.Internal);
-        else finish(errorBody ? connectCode(errorBody) : undefined);
-      });
+      if (!up.write(chunk)) {
+        req.pause();
+        up.once("drain", () => req.resume());
+      }
     });
-    req.pipe(up);
+    req.once("end", () => {
+      requestEnded = true;
+      if (!finished) up.end();
+    });
   };
 
   const relay: RequestRelay = (req, res, next) => {

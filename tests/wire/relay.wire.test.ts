@@ -22,6 +22,7 @@ import { registry } from "../../services/runtime/observability/metrics.js";
 import { startServer, type RunningServer, type ServerOptions } from "../../services/runtime/rpc/server.js";
 import { MAX_TIMEOUT_MS } from "../../services/runtime/rpc/http2-upstream.js";
 import { freePort } from "../support/ports.js";
+import { outcomesDuring, REPLICA_HOSTS, startReplicas } from "../support/replicas.js";
 import { findGrpcurl, hostPort, runTool, sleep, waitFor, within } from "../support/wire.js";
 
 vi.setConfig({ testTimeout: 30_000, hookTimeout: 30_000 });
@@ -204,6 +205,32 @@ describe("the gateway's relay of PaymentsService calls", () => {
       }
     } finally {
       await front.shutdown();
+    }
+  });
+
+  it("payments replicas restarting under load (a rolling restart): no relayed call fails", async () => {
+    const replicas = await startReplicas((host, port) => startServer({ name: `payments-${host}`, services: [PaymentsService], routes: upstreamRoutes }, { ...options(port), host }));
+    const overReplicas = paymentsRelay({
+      upstreamUrl: `http://replicas.paygate.test:${replicas.port}`,
+      merchants,
+      defaultTimeoutMs: DEFAULT_TIMEOUT_MS,
+      logger,
+      sessions: { resolve: async () => REPLICA_HOSTS },
+    });
+    const front = await startServer(
+      { name: "gateway-over-replicas", services: [PaymentsService], routes: () => {}, interceptors: [authentication(merchants)], relay: overReplicas, close: async () => overReplicas.close() },
+      options(0),
+    );
+    try {
+      await new Promise((r) => setImmediate(r)); // the name resolves
+      const payments = createClient(PaymentsService, createGrpcTransport({ baseUrl: front.url }));
+      const call = () => payments.getPayment({ paymentId: "rolling" }, { headers: bearer(KEY) });
+      const outcomes = await outcomesDuring(call, 16, replicas.restart(10));
+      expect(Object.keys(outcomes)).toEqual(["ok"]);
+      expect(outcomes.ok).toBeGreaterThan(100);
+    } finally {
+      await front.shutdown();
+      await replicas.close();
     }
   });
 

@@ -4,12 +4,14 @@
 // state (polling), not by tight sleeps.
 import type { ChildProcess } from "node:child_process";
 import { spawnService } from "../../scripts/service-process.js";
+import http2 from "node:http2";
 import net from "node:net";
 import { afterEach, describe, expect, it, onTestFinished, vi } from "vitest";
 import type * as grpc from "@grpc/grpc-js";
 import { Code, ConnectError, createClient, type ConnectRouter, type HandlerContext } from "@connectrpc/connect";
 import { createConnectTransport, createGrpcTransport } from "@connectrpc/connect-node";
-import { FxService } from "../../services/gen/paygate/fx/v1/fx_pb.js";
+import { create, toBinary } from "@bufbuild/protobuf";
+import { FxService, GetRateRequestSchema } from "../../services/gen/paygate/fx/v1/fx_pb.js";
 import { createLogger } from "../../services/runtime/observability/logger.js";
 import { startServer, type RunningServer, type ServerOptions, type ServiceSpec } from "../../services/runtime/rpc/server.js";
 import { downstream, upstreamClient, upstreamTransport } from "../../services/runtime/rpc/upstream.js";
@@ -195,10 +197,15 @@ describe("graceful shutdown", () => {
     process.on("warning", onWarning);
     onTestFinished(() => void process.off("warning", onWarning));
     const { server } = await start({ drainDelayMs: 2_000 });
-    const h2 = grpcFx(server.url);
-    await h2.getRate({ baseCurrency: "FAST" });
+    await grpcFx(server.url).getRate({ baseCurrency: "FAST" });
     const stopping = server.shutdown();
-    expect(codeOf(await rejectionOf(h2.getRate({ baseCurrency: "FAST" })))).toBe("Unavailable");
+    await waitFor(async () => {
+      const readyz = await fetch(`${server.adminUrl}/readyz`);
+      await readyz.body?.cancel();
+      return readyz.status === 503;
+    }, "the server to drain");
+    // A new connection (the open one was told to take no new call): its call is refused.
+    expect(codeOf(await rejectionOf(grpcFx(server.url).getRate({ baseCurrency: "FAST" })))).toBe("Unavailable");
     await within(stopping, 10_000, "shutdown");
     await sleep(50); // process warnings are emitted on the next tick
     expect(warnings.filter((w) => /connection header/i.test(w))).toEqual([]);
@@ -260,6 +267,43 @@ describe("graceful shutdown", () => {
     expect(b.rate).toMatchObject({ quoteCurrency: "via-h1", midRate: "1.5" });
     await within(stopping, 10_000, "shutdown after the in-flight calls finished");
     expect(await accepts(server.adminUrl)).toBe(false);
+  });
+
+  it("an HTTP/2 client calling without pause: every call it sent is answered, or refused unseen (REFUSED_STREAM, safe to send again), none cut off", async () => {
+    const outcomes = new Map<string, number>();
+    const body = toBinary(GetRateRequestSchema, create(GetRateRequestSchema, { baseCurrency: "FAST" }));
+    for (let round = 0; round < 5; round++) {
+      const { server } = await start();
+      const session = http2.connect(server.url);
+      session.on("error", () => {});
+      onTestFinished(() => void session.destroy());
+      await new Promise((r) => session.once("connect", r));
+      const calls: Promise<void>[] = [];
+      const call = () =>
+        new Promise<void>((resolve) => {
+          const stream = session.request({ ":method": "POST", ":path": "/paygate.fx.v1.FxService/GetRate", "content-type": "application/proto" });
+          let status = 0;
+          stream.once("response", (h) => (status = Number(h[":status"])));
+          stream.resume();
+          stream.on("error", () => {});
+          stream.once("close", () => {
+            const outcome = status === 200 ? "answered" : stream.rstCode === http2.constants.NGHTTP2_REFUSED_STREAM ? "refused unseen" : `status ${status}, RST_STREAM ${stream.rstCode}`;
+            outcomes.set(outcome, (outcomes.get(outcome) ?? 0) + 1);
+            resolve();
+          });
+          stream.end(body);
+        });
+      // Three calls every turn of the event loop, until the client reads the GOAWAY.
+      const sending = setInterval(() => {
+        for (let i = 0; i < 3 && !session.closed; i++) calls.push(call());
+      }, 0);
+      await sleep(30);
+      await within(server.shutdown(), 10_000, "shutdown");
+      clearInterval(sending);
+      await within(Promise.all(calls), 10_000, "every call to end");
+    }
+    expect([...outcomes.keys()].filter((o) => o !== "answered" && o !== "refused unseen")).toEqual([]);
+    expect(outcomes.get("answered")).toBeGreaterThan(50);
   });
 
   it("with nothing in flight, shutdown is quick even with an open health Watch and idle keep-alive connections", async () => {

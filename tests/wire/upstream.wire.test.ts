@@ -14,6 +14,7 @@ import { createLogger } from "../../services/runtime/observability/logger.js";
 import { startServer, type RunningServer, type ServerOptions } from "../../services/runtime/rpc/server.js";
 import { upstreamClient, upstreamTransport } from "../../services/runtime/rpc/upstream.js";
 import { freePort } from "../support/ports.js";
+import { outcomesDuring, REPLICA_HOSTS, startReplicas } from "../support/replicas.js";
 import { waitFor } from "../support/wire.js";
 
 vi.setConfig({ testTimeout: 30_000, hookTimeout: 30_000 });
@@ -192,6 +193,22 @@ describe("upstreamTransport: an upstream name with several addresses (a headless
     await waitFor(async () => Object.keys(await spread(6)).length === 3, "the name resolved to all three");
     await servers[1]!.shutdown(); // GOAWAY, then no listener at 127.0.0.2
     expect(await spread(30)).toEqual({ "127.0.0.1": 15, "127.0.0.3": 15 });
+  });
+});
+
+describe("upstreamTransport: replicas restarting under load (a rolling restart)", () => {
+  it("no call fails: one that crossed its replica's GOAWAY, refused before the replica saw it, goes to the next", async () => {
+    const replicas = await startReplicas((host, port) => startServer({ name: `fx-${host}`, services: [FxService], routes }, { ...options(port), host }));
+    try {
+      const fx = upstreamClient(FxService, upstreamTransport(`http://replicas.paygate.test:${replicas.port}`, { resolve: async () => REPLICA_HOSTS }));
+      await new Promise((r) => setImmediate(r)); // the name resolves
+      const call = () => fx.getRate({ baseCurrency: "USD", quoteCurrency: "EUR" }, { timeoutMs: 5_000 });
+      const outcomes = await outcomesDuring(call, 16, replicas.restart(10));
+      expect(Object.keys(outcomes)).toEqual(["ok"]);
+      expect(outcomes.ok).toBeGreaterThan(100);
+    } finally {
+      await replicas.close();
+    }
   });
 });
 

@@ -35,6 +35,23 @@ const CONNECT_TIMEOUT_MS = 5_000;
 const PING_EVERY_MS = 15_000;
 const PING_TIMEOUT_MS = 10_000;
 
+/**
+ * How many times a call is sent when it never reached its replica. A replica shutting down
+ * says GOAWAY; calls this side had started but not yet sent when that arrived are refused by
+ * the HTTP/2 layer here, and a connection to a replica that is gone fails before its calls
+ * are sent: each goes to the next replica in turn.
+ */
+export const MAX_REFUSED_ATTEMPTS = 3;
+
+/**
+ * Whether `stream`, closed, never reached the upstream, so that sending it again is safe: it
+ * was refused (REFUSED_STREAM guarantees that, RFC 9113 section 8.7), or it never left (its
+ * connection failed before it was sent).
+ */
+export function wasRefused(stream: http2.ClientHttp2Stream): boolean {
+  return stream.rstCode === http2.constants.NGHTTP2_REFUSED_STREAM || stream.pending;
+}
+
 export interface Http2UpstreamOptions {
   resolve?: Resolver;
   resolveEveryMs?: number;
@@ -164,7 +181,8 @@ export class Http2Upstream {
         return address;
       }
     }
-    return this.addresses[this.turn++ % n]!; // all held out: one of them rather than none
+    // All held out: one of them rather than none, the one held out longest (the likeliest back).
+    return this.addresses.reduce((a, b) => (this.heldOut.get(b)! < this.heldOut.get(a)! ? b : a));
   }
 
   /** Takes the addresses a resolution found; connections to the others end once their calls have. */

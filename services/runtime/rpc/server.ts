@@ -30,6 +30,13 @@ import { HealthCheckResponse_ServingStatus as ServingStatus } from "../../gen/he
 import type { Logger } from "../observability/logger.js";
 
 const HTTP2_PREFACE = Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+/**
+ * At shutdown, the longest wait for an HTTP/2 client's PING answer (a Node.js client with no
+ * call in flight closes on the GOAWAY without answering), and for a closed session to end.
+ */
+const SHUTDOWN_NOTICE_MS = 250;
+/** The largest HTTP/2 stream id: a GOAWAY naming it refuses no stream. */
+const MAX_STREAM_ID = 2 ** 31 - 1;
 
 export interface ReadinessCheck {
   name: string;
@@ -210,16 +217,22 @@ export async function startServer(spec: ServiceSpec, opts: ServerOptions): Promi
     (stopping ??= (async () => {
       logger.info({ inFlight }, "shutting down: draining");
       health.setAll(ServingStatus.NOT_SERVING);
+      // HTTP/2 clients are told to open no more streams before any call is refused: the ones
+      // they opened before reading that are still served (see noticeShutdown).
+      await Promise.all([...sessions].map((s) => noticeShutdown(s, SHUTDOWN_NOTICE_MS)));
       draining.abort();
       if (opts.drainDelayMs > 0) await sleep(opts.drainDelayMs);
       tcp.close();
-      for (const s of sessions) s.close(); // GOAWAY: running streams finish, no new ones
+      for (const s of sessions) s.close(); // the final GOAWAY: running streams finish, no new ones
       h1.closeIdleConnections();
       if (!(await untilIdle(opts.shutdownTimeoutMs))) {
         logger.warn({ inFlight }, "shutdown bound reached: cutting off in-flight calls");
         hardStop.abort(new ConnectError("server is shutting down", Code.Unavailable));
         await untilIdle(1_000); // cut-off calls answer UNAVAILABLE before their sockets close
       }
+      // A closed HTTP/2 session ends its connection once its GOAWAY is written; destroying the
+      // socket first could drop that frame, and the client would take its calls for failed.
+      await untilClosed(sessions, SHUTDOWN_NOTICE_MS);
       for (const s of sockets) s.destroy();
       if (admin) {
         admin.closeAllConnections(); // first: a half-sent request would hold close() forever
@@ -234,6 +247,32 @@ export async function startServer(spec: ServiceSpec, opts: ServerOptions): Promi
     })());
 
   return { url, adminUrl, health, shutdown };
+}
+
+/**
+ * The first step of HTTP/2's graceful close: a GOAWAY that refuses no stream (the largest
+ * stream id), then a PING. The client opens no new stream once it reads the GOAWAY, and it
+ * answers the PING after reading it, so when the answer comes every stream it opened before
+ * has arrived, and none of them is refused by the final GOAWAY (which names the last stream
+ * that did). Resolves after the answer, or after `ms` for a client that does not answer.
+ */
+function noticeShutdown(s: http2.ServerHttp2Session, ms: number): Promise<void> {
+  if (s.closed || s.destroyed) return Promise.resolve();
+  s.goaway(http2.constants.NGHTTP2_NO_ERROR, MAX_STREAM_ID);
+  return new Promise((resolve) => {
+    const timer = setTimeout(resolve, ms);
+    const answered = () => {
+      clearTimeout(timer);
+      resolve();
+    };
+    if (!s.ping(answered)) answered();
+  });
+}
+
+/** Resolves once every session in `sessions` has closed (they leave the set), or after `ms`. */
+async function untilClosed(sessions: Set<http2.ServerHttp2Session>, ms: number): Promise<void> {
+  const until = Date.now() + ms;
+  while (sessions.size > 0 && Date.now() < until) await sleep(10);
 }
 
 /** Admin paths: never traced (probes and scrapes would bury the payments). */

@@ -29,7 +29,7 @@ import { codeFromHttpStatus, createMethodUrl, errorFromJsonBytes, runUnaryCall }
 import { createConnectTransport } from "@connectrpc/connect-node";
 import type { DescService } from "@bufbuild/protobuf";
 import { Health, HealthCheckResponse_ServingStatus as ServingStatus } from "../../gen/health/v1/health_pb.js";
-import { connectTimeout, Http2Upstream, MAX_TIMEOUT_MS } from "./http2-upstream.js";
+import { connectTimeout, Http2Upstream, MAX_REFUSED_ATTEMPTS, MAX_TIMEOUT_MS, wasRefused } from "./http2-upstream.js";
 import { rpcClientMetrics } from "../observability/metrics.js";
 import { rpcClientTracing } from "../observability/rpc-spans.js";
 import type { ReadinessCheck } from "./server.js";
@@ -64,11 +64,6 @@ function unaryCall<I extends DescMessage, O extends DescMessage>(upstream: Http2
     // No time left (or cancelled already): the upstream is not asked at all.
     if (req.signal.aborted) return reject(ConnectError.from(req.signal.reason, Code.Canceled));
     let stream: http2.ClientHttp2Stream;
-    try {
-      stream = upstream.request(headers);
-    } catch (err) {
-      return reject(new ConnectError(`${req.service.typeName} is unavailable`, Code.Unavailable, undefined, undefined, err));
-    }
     let settled = false;
     const settle = (outcome: () => UnaryResponse<I, O>) => {
       if (settled) return;
@@ -88,27 +83,38 @@ function unaryCall<I extends DescMessage, O extends DescMessage>(upstream: Http2
       });
     };
     req.signal.addEventListener("abort", onAbort, { once: true });
-    let status = 0;
-    let responseHeaders: http2.IncomingHttpHeaders = {};
-    const chunks: Buffer[] = [];
-    stream.once("response", (h) => {
-      status = Number(h[":status"]);
-      responseHeaders = h;
-    });
-    stream.on("data", (chunk: Buffer) => chunks.push(chunk));
-    stream.once("end", () => settle(() => answer(req, status, responseHeaders, chunks)));
-    stream.once("error", (err) =>
-      settle(() => {
-        throw new ConnectError(`${req.service.typeName}: ${err.message}`, Code.Unavailable, undefined, undefined, err);
-      }),
-    );
-    // Closed without an end or an error (reset with NO_ERROR): no answer came.
-    stream.once("close", () =>
-      settle(() => {
-        throw new ConnectError(`${req.service.typeName} closed the call without an answer`, Code.Unavailable);
-      }),
-    );
-    stream.end(body);
+    /** Sends the call; a call the upstream never saw (refused: its replica is going away) is sent again. */
+    const send = (attempt: number) => {
+      try {
+        stream = upstream.request(headers);
+      } catch (err) {
+        return settle(() => {
+          throw new ConnectError(`${req.service.typeName} is unavailable`, Code.Unavailable, undefined, undefined, err);
+        });
+      }
+      let status = 0;
+      let responseHeaders: http2.IncomingHttpHeaders = {};
+      const chunks: Buffer[] = [];
+      stream.once("response", (h) => {
+        status = Number(h[":status"]);
+        responseHeaders = h;
+      });
+      stream.on("data", (chunk: Buffer) => chunks.push(chunk));
+      stream.once("end", () => settle(() => answer(req, status, responseHeaders, chunks)));
+      let failure: Error | undefined;
+      stream.on("error", (err) => (failure ??= err)); // answered on close, which follows
+      stream.once("close", () => {
+        if (settled) return;
+        if (status === 0 && wasRefused(stream) && attempt < MAX_REFUSED_ATTEMPTS) return send(attempt + 1);
+        settle(() => {
+          if (failure) throw new ConnectError(`${req.service.typeName}: ${failure.message}`, Code.Unavailable, undefined, undefined, failure);
+          // Closed without an end or an error (reset with NO_ERROR): no answer came.
+          throw new ConnectError(`${req.service.typeName} closed the call without an answer`, Code.Unavailable);
+        });
+      });
+      stream.end(body);
+    };
+    send(1);
   });
 }
 
