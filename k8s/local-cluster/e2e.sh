@@ -366,19 +366,21 @@ fi
 # ---- rolling restart of payments under load --------------------------------------------------
 phase "rolling restart under load"
 restart='{"error":"the load Job could not start"}'
-load restart 20000 120 4 || fail "the load Job for the restart could not start"
+# The load outlasts the rollout: 3 pods, each Ready minReadySeconds (40 s) before the next goes.
+load restart 20000 240 4 || fail "the load Job for the restart could not start"
 # Restart once the load runs.
-started() { [[ $(kubectl -n "$CLIENTS" get pods -l job=load-restart -o jsonpath='{.items[0].status.phase}') == Running ]]; }
-until_true 120 started || true
+load_running() { [[ $(kubectl -n "$CLIENTS" get pods -l job=load-restart -o jsonpath='{.items[0].status.phase}') == Running ]]; }
+until_true 120 load_running || true
 sleep 10
 t=$SECONDS
 k rollout restart "deploy/$RELEASE-payments" >/dev/null
-if k rollout status "deploy/$RELEASE-payments" --timeout=300s >/dev/null 2>&1; then
+if k rollout status "deploy/$RELEASE-payments" --timeout=420s >/dev/null 2>&1; then
   ok "rolling restart of payments (3 replicas) completed in $((SECONDS - t))s under load"
+  check "the load ran through the whole rollout" load_running
 else
-  fail "rolling restart of payments did not complete in 300s"
+  fail "rolling restart of payments did not complete in 420s"
 fi
-if kubectl -n "$CLIENTS" get job load-restart >/dev/null 2>&1; then restart=$(load_result restart 400); fi
+if kubectl -n "$CLIENTS" get job load-restart >/dev/null 2>&1; then restart=$(load_result restart 500); fi
 check "payments during the restart: all CAPTURED, none lost, balances exact" \
   test "$(json 'v.passed' <<<"$restart" 2>/dev/null)" = true
 indent <<<"$restart"

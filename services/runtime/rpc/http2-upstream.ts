@@ -16,7 +16,10 @@
 // longer resolves to it, or for HOLD_OUT_MS (the same replica back at the same address), so
 // calls are not sent to a replica that is gone. While a connection is being made, calls go to
 // the connections that are up (if any), so one to an address that no longer answers holds
-// no call until its connect timeout.
+// no call until its connect timeout. When every address is held out (DNS still lists only
+// replicas that are gone) the one held out longest is tried: the chart's minReadySeconds keeps
+// a rollout from getting there. A call that never reached its replica is sent again by the
+// callers (MAX_REFUSED_ATTEMPTS).
 //
 // Each session sends a PING every few seconds; one not answered in time ends the session (a
 // peer that vanished without closing the connection would otherwise hold calls until their
