@@ -183,6 +183,29 @@ async function stop(fx: Fx): Promise<number | null> {
   return fx.exited;
 }
 
+/**
+ * Runs fx exporting to `receiver` (with `otel` added) with a batch delay longer than the test,
+ * so that only the shutdown flush can deliver its spans; calls it, stops it with SIGTERM, and
+ * checks that what arrived at `path` is the protobuf of the call's SERVER span. The requests
+ * received at `path` and the process, for the caller's own checks.
+ */
+async function exportedOnSigterm(receiver: Receiver, otel: Record<string, string>, exporter: string, path: string) {
+  const fx = await startFxProcess({ OTEL_EXPORTER_OTLP_ENDPOINT: receiver.url, OTEL_BSP_SCHEDULE_DELAY: "600000", ...otel });
+  await ready(fx);
+  expect(fx.logs().find((l) => l.msg === "fx listening")).toMatchObject({ traceExporters: [exporter] });
+  const traceId = await callFx(fx);
+  expect(receiver.posts).toEqual([]);
+  expect(await stop(fx)).toBe(0);
+  const posts = receiver.posts.filter((p) => p.path === path);
+  expect(posts.length, `requests received: ${receiver.posts.map((p) => p.path).join(", ")}`).toBeGreaterThan(0);
+  const body = Buffer.concat(posts.map((p) => p.body));
+  // Protobuf: the trace id as 16 raw bytes, names and attribute values as plain strings.
+  expect(body.includes(Buffer.from(traceId, "hex")), "the call's trace id").toBe(true);
+  expect(body.includes(Buffer.from("paygate.fx.v1.FxService/ListCurrencies")), "the SERVER span's name").toBe(true);
+  expect(body.includes(Buffer.from("service.name")) && body.includes(Buffer.from("fx")), "the resource names the service").toBe(true);
+  return { posts, fx };
+}
+
 describe("tracing configured by OTEL_* variables (a real fx process)", () => {
   it("with no OTEL_* variable there is no exporter and nothing is sent, not even to the default localhost:4318", async () => {
     // Listen where an SDK with the specification's defaults would send (when the port is free here).
@@ -205,21 +228,8 @@ describe("tracing configured by OTEL_* variables (a real fx process)", () => {
   it("OTEL_EXPORTER_OTLP_ENDPOINT: OTLP/HTTP protobuf arrives at /v1/traces, flushed on SIGTERM", async () => {
     const receiver = await startReceiver();
     receivers.push(receiver);
-    // A batch delay longer than the test: only the shutdown flush can deliver the spans.
-    const fx = await startFxProcess({ OTEL_EXPORTER_OTLP_ENDPOINT: receiver.url, OTEL_BSP_SCHEDULE_DELAY: "600000" });
-    await ready(fx);
-    expect(fx.logs().find((l) => l.msg === "fx listening")).toMatchObject({ traceExporters: ["otlp http/protobuf"] });
-    const traceId = await callFx(fx);
-    expect(receiver.posts).toEqual([]);
-    expect(await stop(fx)).toBe(0);
-    const posts = receiver.posts.filter((p) => p.path === "POST /v1/traces");
-    expect(posts.length, `requests received: ${receiver.posts.map((p) => p.path).join(", ")}`).toBeGreaterThan(0);
+    const { posts } = await exportedOnSigterm(receiver, {}, "otlp http/protobuf", "POST /v1/traces");
     expect(posts[0]!.contentType).toBe("application/x-protobuf");
-    const body = Buffer.concat(posts.map((p) => p.body));
-    // Protobuf: the trace id as 16 raw bytes, names and attribute values as plain strings.
-    expect(body.includes(Buffer.from(traceId, "hex")), "the call's trace id").toBe(true);
-    expect(body.includes(Buffer.from("paygate.fx.v1.FxService/ListCurrencies")), "the SERVER span's name").toBe(true);
-    expect(body.includes(Buffer.from("service.name")) && body.includes(Buffer.from("fx")), "the resource names the service").toBe(true);
   });
 
   it("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT with http/json and OTEL_SERVICE_NAME: OTLP JSON at that exact URL, batched while running", async () => {
@@ -314,19 +324,8 @@ describe("tracing configured by OTEL_* variables (a real fx process)", () => {
   it("OTEL_EXPORTER_OTLP_PROTOCOL=grpc: OTLP/gRPC arrives at the collector's TraceService/Export, flushed on SIGTERM", async () => {
     const receiver = await startGrpcReceiver();
     receivers.push(receiver);
-    const fx = await startFxProcess({ OTEL_EXPORTER_OTLP_ENDPOINT: receiver.url, OTEL_EXPORTER_OTLP_PROTOCOL: "grpc", OTEL_BSP_SCHEDULE_DELAY: "600000" });
-    await ready(fx);
-    expect(fx.logs().find((l) => l.msg === "fx listening")).toMatchObject({ traceExporters: ["otlp grpc"] });
-    const traceId = await callFx(fx);
-    expect(receiver.posts).toEqual([]);
-    expect(await stop(fx)).toBe(0);
-    const posts = receiver.posts.filter((p) => p.path === "POST /opentelemetry.proto.collector.trace.v1.TraceService/Export");
-    expect(posts.length, `requests received: ${receiver.posts.map((p) => p.path).join(", ")}`).toBeGreaterThan(0);
+    const { posts, fx } = await exportedOnSigterm(receiver, { OTEL_EXPORTER_OTLP_PROTOCOL: "grpc" }, "otlp grpc", "POST /opentelemetry.proto.collector.trace.v1.TraceService/Export");
     expect(posts[0]!.contentType).toMatch(/^application\/grpc/);
-    const body = Buffer.concat(posts.map((p) => p.body));
-    expect(body.includes(Buffer.from(traceId, "hex")), "the call's trace id").toBe(true);
-    expect(body.includes(Buffer.from("paygate.fx.v1.FxService/ListCurrencies")), "the SERVER span's name").toBe(true);
-    expect(body.includes(Buffer.from("service.name")) && body.includes(Buffer.from("fx")), "the resource names the service").toBe(true);
     expect(fx.stderr()).toBe("");
   });
 
